@@ -1,0 +1,83 @@
+"""The `relay` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+import asyncpg
+
+from relay import logs
+from relay.config import Settings, load_settings
+from relay.errors import RelayError
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from relay.db import migrate
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(settings.require_database_url(), timeout=10)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(go())
+    print(f"applied {', '.join(applied)}" if applied else "already up to date")
+    return 0
+
+
+def cmd_run(_args: argparse.Namespace, settings: Settings) -> int:
+    from relay.app import run
+
+    settings.require_database_url()
+    asyncio.run(run(settings))
+    return 0
+
+
+def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
+    from relay.check import check
+
+    lines = asyncio.run(check(settings))
+    for status, message in lines:
+        print(f"{status:4} {message}")
+    return 1 if any(status == "fail" for status, _ in lines) else 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.demo import run_demo
+
+    asyncio.run(run_demo(settings, port=args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help='apply sql/ migrations and attach the trigger to "Booking"').set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("run", help="listener, dispatcher, scheduler and HTTP server").set_defaults(func=cmd_run)
+    sub.add_parser("check", help="configuration, database and LISTEN checks").set_defaults(func=cmd_check)
+    demo = sub.add_parser("demo", help="everything, with an embedded PostgreSQL, no set-up")
+    demo.add_argument("--port", type=int, default=None, help="HTTP port (default RELAY_HTTP_PORT)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logs.setup(settings.log_format)
+        result: int = args.func(args, settings)
+        return result
+    except RelayError as exc:
+        print(f"relay {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,135 @@
+"""`relay demo`: an embedded PostgreSQL, a demo "Booking" table with changing bookings,
+and a relay handing on every change. Nothing to set up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from relay import app
+from relay.config import Settings
+from relay.db import migrate
+from relay.embedded import EmbeddedPostgres
+
+logger = logging.getLogger(__name__)
+
+MERCHANTS = ("merchant-a", "merchant-b")
+STATUSES = ("PENDING", "CONFIRMED", "IN_PROGRESS", "COMPLETED", "CANCELLED")
+BOOKING_TABLE = """
+CREATE TABLE IF NOT EXISTS "Booking" (
+    id              text PRIMARY KEY,
+    "merchantId"    text NOT NULL,
+    status          text NOT NULL,
+    "customerName"  text NOT NULL,
+    "serviceName"   text NOT NULL,
+    "startTime"     timestamptz NOT NULL,
+    "updatedAt"     timestamptz NOT NULL DEFAULT now()
+)
+"""
+CUSTOMERS = ("Ava", "Noah", "Mia", "Leo", "Zoe", "Kai", "Ivy", "Eli", "Ruby", "Max")
+SERVICES = ("Haircut", "Colour", "Massage", "Facial", "Manicure", "Beard trim")
+
+
+@contextlib.asynccontextmanager
+async def demo_database(settings: Settings) -> AsyncIterator[str]:
+    """DATABASE_URL when set, else an embedded server that is removed afterwards."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    datadir = Path(tempfile.mkdtemp(prefix="relay-demo-")) / "pgdata"
+    server = EmbeddedPostgres(datadir)
+    print("starting an embedded PostgreSQL ...", flush=True)
+    await asyncio.to_thread(server.start)
+    try:
+        yield server.url
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+async def prepare(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(BOOKING_TABLE)
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def generate_bookings(dsn: str, stop: asyncio.Event, interval: float = 1.0) -> None:
+    """Create, reschedule and cancel bookings for two merchants, one change per interval."""
+    conn = await asyncpg.connect(dsn)
+    rng = random.Random()
+    try:
+        while not stop.is_set():
+            await change_one_booking(conn, rng)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        await conn.close()
+
+
+async def change_one_booking(conn: asyncpg.Connection, rng: random.Random) -> None:
+    merchant = rng.choice(MERCHANTS)
+    open_ids = [
+        r["id"]
+        for r in await conn.fetch(
+            """SELECT id FROM "Booking"
+               WHERE "merchantId" = $1 AND status NOT IN ('COMPLETED', 'CANCELLED')""",
+            merchant,
+        )
+    ]
+    roll = rng.random()
+    if not open_ids or roll < 0.45:
+        today = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0)
+        start = today + timedelta(minutes=30 * rng.randrange(0, 20))
+        await conn.execute(
+            """INSERT INTO "Booking" (id, "merchantId", status, "customerName", "serviceName", "startTime")
+               VALUES ($1, $2, 'PENDING', $3, $4, $5)""",
+            f"bk_{uuid.uuid4().hex[:12]}",
+            merchant,
+            rng.choice(CUSTOMERS),
+            rng.choice(SERVICES),
+            start,
+        )
+    elif roll < 0.9:
+        booking = rng.choice(open_ids)
+        status = rng.choice(STATUSES[1:])
+        await conn.execute(
+            """UPDATE "Booking" SET status = $2, "updatedAt" = now() WHERE id = $1""", booking, status
+        )
+    else:
+        await conn.execute("""DELETE FROM "Booking" WHERE id = $1""", rng.choice(open_ids))
+
+
+async def run_demo(settings: Settings, *, port: int | None = None) -> None:
+    async with demo_database(settings) as dsn:
+        await prepare(dsn)
+        demo_settings = settings.model_copy(
+            update={
+                "database_url": dsn,
+                "listen_database_url": dsn,
+                "http_host": "127.0.0.1",
+                "http_port": port if port is not None else settings.http_port,
+            }
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.start(demo_settings) as relay:
+            print(f"relay demo running: http://127.0.0.1:{relay.http_port}/  (Ctrl-C stops)", flush=True)
+            await generate_bookings(dsn, stop)
+        print("demo stopped", flush=True)

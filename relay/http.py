@@ -1,0 +1,39 @@
+"""ASGI routes: health, readiness and metrics (channels add their own routes)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from relay import metrics
+
+if TYPE_CHECKING:
+    from relay.app import Relay
+
+
+def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        problems = await relay.readiness_problems()
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        await relay.refresh_gauges()
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        *(extra_routes or []),
+    ]
+    return Starlette(routes=routes)

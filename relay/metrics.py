@@ -1,0 +1,75 @@
+"""Every Prometheus metric Relay exports, in one registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+events_received = Counter(
+    "relay_events_received_total",
+    "NOTIFY messages received on the booking channels",
+    ["channel"],
+    registry=REGISTRY,
+)
+notifications_malformed = Counter(
+    "relay_notifications_malformed_total",
+    "NOTIFY payloads refused because they break the contract",
+    registry=REGISTRY,
+)
+listener_reconnects = Counter(
+    "relay_listener_reconnects_total",
+    "Times the LISTEN connection was re-established after a loss",
+    registry=REGISTRY,
+)
+listener_disconnected_seconds = Counter(
+    "relay_listener_disconnected_seconds_total",
+    "Seconds the LISTEN connection spent down",
+    registry=REGISTRY,
+)
+events_handed_on = Counter(
+    "relay_events_handed_on_total",
+    "Events handed to the live consumers, in commit order",
+    registry=REGISTRY,
+)
+events_recovered = Counter(
+    "relay_events_recovered_total",
+    "Events found by reconciliation that no NOTIFY had announced to this process",
+    registry=REGISTRY,
+)
+deliveries = Counter(
+    "relay_deliveries_total",
+    "Delivery attempts by channel and outcome",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
+delivery_seconds = Histogram(
+    "relay_delivery_seconds",
+    "Time from event creation to successful delivery",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+    registry=REGISTRY,
+)
+deliveries_pending = Gauge(
+    "relay_deliveries_pending",
+    "Deliveries waiting to be sent, by channel and state",
+    ["channel", "state"],
+    registry=REGISTRY,
+)
+ws_connections = Gauge(
+    "relay_ws_connections",
+    "Open live connections, by transport",
+    ["transport"],
+    registry=REGISTRY,
+)
+notify_queue_usage = Gauge(
+    "relay_notify_queue_usage",
+    "pg_notification_queue_usage() of the database (0..1)",
+    registry=REGISTRY,
+)
+job_failures = Counter(
+    "relay_job_failures_total",
+    "Scheduled jobs that raised",
+    ["job"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,152 @@
+"""Test harness on a real PostgreSQL.
+
+``DATABASE_URL`` when set, otherwise a throwaway server started here. Every test
+gets a fresh database cloned from a migrated template. Tests that stop and restart
+PostgreSQL use ``own_server``: a server this suite started itself, always.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from relay.config import Settings
+from relay.db import migrate
+from relay.embedded import EmbeddedPostgres
+
+BOOKING_TABLE = """
+CREATE TABLE "Booking" (
+    id           text PRIMARY KEY,
+    "merchantId" text NOT NULL,
+    status       text NOT NULL,
+    notes        text
+)
+"""
+
+
+def _with_database(url: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+async def _prepare_template(admin_url: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_with_database(admin_url, name))
+    try:
+        await conn.execute(BOOKING_TABLE)
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+class Cluster:
+    """A PostgreSQL server with a migrated template; hands out fresh databases."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.template = f"relay_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        asyncio.run(_prepare_template(admin_url, self.template))
+
+    def url(self, database: str) -> str:
+        return _with_database(self.admin_url, database)
+
+    async def create_database(self) -> str:
+        name = f"relay_t_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        finally:
+            await admin.close()
+        return name
+
+    async def drop_database(self, name: str) -> None:
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    def drop_template(self) -> None:
+        async def go() -> None:
+            admin = await asyncpg.connect(self.admin_url)
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
+            finally:
+                await admin.close()
+
+        asyncio.run(go())
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    url = os.environ.get("DATABASE_URL")
+    server = None
+    if not url:
+        server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-test-")) / "pgdata", durable=False)
+        server.start()
+        url = server.url
+    made = Cluster(url)
+    try:
+        yield made
+    finally:
+        if server is not None:
+            server.destroy()
+            shutil.rmtree(server.datadir.parent, ignore_errors=True)
+        else:
+            made.drop_template()
+
+
+@pytest.fixture
+async def db_url(cluster: Cluster) -> AsyncIterator[str]:
+    name = await cluster.create_database()
+    try:
+        yield cluster.url(name)
+    finally:
+        await cluster.drop_database(name)
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedPostgres]:
+    """A server this test may stop, kill and restart; never the one in DATABASE_URL."""
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-own-")) / "pgdata", durable=False)
+    server.start()
+    asyncio.run(_prepare_template(server.url, "relay"))
+    try:
+        yield server
+    finally:
+        server.destroy()
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)
+
+
+def make_settings(db_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "reconcile_interval": 30.0,
+        "probe_interval": 0.5,
+        "probe_timeout": 1.0,
+        "reconnect_max_delay": 1.0,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url)
