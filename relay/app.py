@@ -12,6 +12,7 @@ import asyncpg
 import uvicorn
 
 from relay import metrics
+from relay.auth import TokenVerifier
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.events import Event
@@ -31,6 +32,7 @@ class Relay:
     pool: asyncpg.Pool
     feed: Feed
     listener: Listener
+    verifier: TokenVerifier | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
 
@@ -89,7 +91,10 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
             probe_timeout=settings.probe_timeout,
             max_delay=settings.reconnect_max_delay,
         )
-        relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener)
+        verifier = TokenVerifier(settings) if settings.jwt_enabled else None
+        if verifier is None:
+            logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
+        relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
         feed.subscribe(log_events)
 
         server: _Server | None = None
