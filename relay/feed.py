@@ -45,6 +45,7 @@ class Feed:
         self._wake = asyncio.Event()
         self._announced: set[int] = set()
         self._unannounced: dict[int, float] = {}
+        self.notify_grace = NOTIFY_GRACE
         self.position: int | None = None
         self.started = asyncio.Event()
 
@@ -119,7 +120,7 @@ class Feed:
                 self._unannounced[event.id] = now
         recovered = 0
         for event_id, seen in list(self._unannounced.items()):
-            if now - seen < NOTIFY_GRACE and len(self._unannounced) < _ANNOUNCED_LIMIT:
+            if now - seen < self.notify_grace and len(self._unannounced) < _ANNOUNCED_LIMIT:
                 break
             del self._unannounced[event_id]
             recovered += 1
