@@ -56,7 +56,9 @@ async def running(settings: Settings) -> AsyncIterator[tuple[app.Relay, Collecto
         yield relay, collector
 
 
-async def insert_booking(conn: asyncpg.Connection, booking_id: str, merchant: str = "m1", **extra: str) -> None:
+async def insert_booking(
+    conn: asyncpg.Connection, booking_id: str, merchant: str = "m1", **extra: str
+) -> None:
     await conn.execute(
         """INSERT INTO "Booking" (id, "merchantId", status, notes) VALUES ($1, $2, $3, $4)""",
         booking_id,

@@ -86,7 +86,9 @@ async def test_commits_out_of_id_order_reach_live_path_and_cursor_reader(db_url:
 
             await collector.wait_for(["B"], timeout=5)  # while A is still open
             first = await read_after(start_cursor)
-            assert [r["payload"] for r in first] and [r["event_id"] for r in first] == [collector.events[0].id]
+            assert [r["payload"] for r in first] and [r["event_id"] for r in first] == [
+                collector.events[0].id
+            ]
 
             await older_tx.commit()
             await collector.wait_for(["A"], timeout=5)

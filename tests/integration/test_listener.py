@@ -87,7 +87,9 @@ async def test_events_committed_while_the_listener_is_down_are_handed_on_once(db
         await cleanup.close()
 
 
-async def test_garbage_notifications_are_counted_and_relay_keeps_working(settings: Settings, db_url: str) -> None:
+async def test_garbage_notifications_are_counted_and_relay_keeps_working(
+    settings: Settings, db_url: str
+) -> None:
     admin = await asyncpg.connect(db_url)
     try:
         async with running(settings) as (_relay, collector):
@@ -96,8 +98,11 @@ async def test_garbage_notifications_are_counted_and_relay_keeps_working(setting
                 ("booking_created", "not json"),
                 ("booking_updated", "{}"),
                 ("booking_deleted", "[1, 2, 3]"),
-                ("booking_created", '{"id": "b", "merchantId": "m", "status": "X", "operation": "INSERT", '
-                 '"eventId": "seven"}'),
+                (
+                    "booking_created",
+                    '{"id": "b", "merchantId": "m", "status": "X", "operation": "INSERT", '
+                    '"eventId": "seven"}',
+                ),
                 ("booking_deleted", '{"id": "b", "merchantId": "m", "operation": "INSERT", "eventId": 5}'),
                 ("booking_updated", '{"pad": "' + "y" * 7900 + '"}'),
             ]

@@ -15,6 +15,10 @@ import pytest
 from relay.db import migrate, migration_files, trigger_attached
 from tests.conftest import BOOKING_TABLE, Cluster
 
+TRIGGER_COUNT = """
+    SELECT count(*) FROM pg_trigger WHERE tgrelid = '"Booking"'::regclass AND NOT tgisinternal
+"""
+
 
 @pytest.fixture
 async def blank_db(cluster: Cluster) -> AsyncIterator[str]:
@@ -46,13 +50,12 @@ async def test_migrate_twice_applies_once_then_is_a_no_op(blank_db: str) -> None
         second = relay_cli("migrate", database_url=blank_db)
         assert second.returncode == 0, second.stderr
         assert second.stdout.strip() == "already up to date"
-        names = [r["name"] for r in await conn.fetch("SELECT name FROM relay.schema_migrations ORDER BY name")]
+        names = [
+            r["name"] for r in await conn.fetch("SELECT name FROM relay.schema_migrations ORDER BY name")
+        ]
         assert names == [name for name, _ in migration_files()]
         assert await trigger_attached(conn)
-        triggers = await conn.fetchval(
-            """SELECT count(*) FROM pg_trigger WHERE tgrelid = '"Booking"'::regclass AND NOT tgisinternal"""
-        )
-        assert triggers == 1
+        assert await conn.fetchval(TRIGGER_COUNT) == 1
     finally:
         await conn.close()
 
@@ -100,8 +103,6 @@ async def test_migrate_replaces_the_seed_trigger(blank_db: str) -> None:
         )
         await migrate(conn)
         assert await trigger_attached(conn)
-        assert await conn.fetchval(
-            """SELECT count(*) FROM pg_trigger WHERE tgrelid = '"Booking"'::regclass AND NOT tgisinternal"""
-        ) == 1
+        assert await conn.fetchval(TRIGGER_COUNT) == 1
     finally:
         await conn.close()

@@ -13,7 +13,9 @@ from tests.support import insert_booking
 async def listen_all(conn: asyncpg.Connection) -> asyncio.Queue[tuple[str, dict[str, object]]]:
     queue: asyncio.Queue[tuple[str, dict[str, object]]] = asyncio.Queue()
     for channel in ("booking_created", "booking_updated", "booking_deleted"):
-        await conn.add_listener(channel, lambda _c, _p, ch, payload: queue.put_nowait((ch, json.loads(payload))))
+        await conn.add_listener(
+            channel, lambda _c, _p, ch, payload: queue.put_nowait((ch, json.loads(payload)))
+        )
     return queue
 
 
@@ -50,7 +52,9 @@ async def test_each_channel_carries_exactly_the_seed_keys_plus_event_id(db_url: 
             "booking_deleted",
             {"id": "b1", "merchantId": "m1", "operation": "DELETE", "eventId": ids[2]},
         )
-        rows = await writer.fetch("SELECT id, channel, merchant_id, booking_id, payload FROM relay.events ORDER BY id")
+        rows = await writer.fetch(
+            "SELECT id, channel, merchant_id, booking_id, payload FROM relay.events ORDER BY id"
+        )
         assert [(r["id"], r["channel"], r["merchant_id"], r["booking_id"]) for r in rows] == [
             (ids[0], "booking_created", "m1", "b1"),
             (ids[1], "booking_updated", "m1", "b1"),
