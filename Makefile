@@ -22,6 +22,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check relay tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench
 
 bench: install
 	$(PY) -m bench

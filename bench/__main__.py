@@ -1,0 +1,40 @@
+"""`make bench`: run every benchmark in one go and write bench/results/latest.{md,json}.
+
+`python -m bench --quick` runs shortened versions; `python -m bench core webhooks` runs some.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from bench.report import markdown, write
+
+SUITES = ("core", "webhooks", "webpush", "live")
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.ERROR)
+    quick = "--quick" in argv
+    chosen = [a for a in argv if not a.startswith("-")] or list(SUITES)
+    rows = []
+    for name in chosen:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError:
+            print(f"bench: no suite {name!r}, skipped", file=sys.stderr)
+            continue
+        print(f"bench: running {name} ...", file=sys.stderr, flush=True)
+        suite_rows = module.run(quick=quick)
+        for r in suite_rows:
+            r.setdefault("suite", name)
+        rows += suite_rows
+    path = write(rows)
+    print(markdown(rows))
+    print(f"\nwritten to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
