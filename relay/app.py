@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import uvicorn
+from starlette.routing import BaseRoute
 
 from relay import metrics
 from relay.auth import TokenVerifier
@@ -77,7 +78,9 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator[Relay]:
+async def start(
+    settings: Settings, *, serve_http: bool = True, extra_routes: list[BaseRoute] | None = None
+) -> AsyncIterator[Relay]:
     """Run a relay in the background for the duration of the ``async with`` block."""
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.require_database_url())
@@ -102,7 +105,7 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
             from relay.http import build_app
 
             config = uvicorn.Config(
-                build_app(relay),
+                build_app(relay, extra_routes),
                 host=settings.http_host,
                 port=settings.http_port,
                 log_config=None,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -15,8 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from relay import app
+from relay.auth import Claims, mint_token
+from relay.http_auth import authenticate, error
 from relay.config import Settings
 from relay.db import migrate
 from relay.embedded import EmbeddedPostgres
@@ -36,6 +42,9 @@ CREATE TABLE IF NOT EXISTS "Booking" (
     "updatedAt"     timestamptz NOT NULL DEFAULT now()
 )
 """
+SELECT_BOOKINGS = (
+    """SELECT id, "merchantId", status, "customerName", "serviceName", "startTime" FROM "Booking\""""
+)
 CUSTOMERS = ("Ava", "Noah", "Mia", "Leo", "Zoe", "Kai", "Ivy", "Eli", "Ruby", "Max")
 SERVICES = ("Haircut", "Colour", "Massage", "Facial", "Manicure", "Beard trim")
 
@@ -112,6 +121,26 @@ async def change_one_booking(conn: asyncpg.Connection, rng: random.Random) -> No
         await conn.execute("""DELETE FROM "Booking" WHERE id = $1""", rng.choice(open_ids))
 
 
+def booking_routes(holder: list[app.Relay]) -> list[BaseRoute]:
+    """Read-only views of the demo's own "Booking" table for the calendar page, scoped to
+    the merchant of the caller's token like every other route."""
+
+    def as_json(row: asyncpg.Record) -> dict[str, object]:
+        return {**dict(row), "startTime": row["startTime"].isoformat()}
+
+    async def today(_request: Request) -> Response:
+        async with pool_holder[0].acquire() as conn:
+            rows = await conn.fetch(f'{SELECT_BOOKINGS} ORDER BY "startTime"')
+        return JSONResponse([as_json(r) for r in rows])
+
+    async def one(request: Request) -> Response:
+        async with pool_holder[0].acquire() as conn:
+            row = await conn.fetchrow(f"{SELECT_BOOKINGS} WHERE id = $1", request.path_params["id"])
+        return JSONResponse(as_json(row)) if row else JSONResponse({"error": "no such booking"}, 404)
+
+    return [Route("/demo/bookings", today), Route("/demo/bookings/{id}", one)]
+
+
 async def run_demo(settings: Settings, *, port: int | None = None) -> None:
     async with demo_database(settings) as dsn:
         await prepare(dsn)
@@ -121,6 +150,7 @@ async def run_demo(settings: Settings, *, port: int | None = None) -> None:
                 "listen_database_url": dsn,
                 "http_host": "127.0.0.1",
                 "http_port": port if port is not None else settings.http_port,
+                "jwt_secret": settings.jwt_secret or secrets.token_urlsafe(32),
             }
         )
         stop = asyncio.Event()
@@ -129,7 +159,12 @@ async def run_demo(settings: Settings, *, port: int | None = None) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with app.start(demo_settings) as relay:
-            print(f"relay demo running: http://127.0.0.1:{relay.http_port}/  (Ctrl-C stops)", flush=True)
+        holder: list[app.Relay] = []
+        async with app.start(demo_settings, extra_routes=booking_routes(holder)) as relay:
+            holder.append(relay)
+            token = mint_token(demo_settings, merchant_id=MERCHANTS[0], user_id="demo-staff", ttl=86400)
+            url = f"http://127.0.0.1:{relay.http_port}/?token={token}"
+            print(f"\nrelay demo running. Live calendar of {MERCHANTS[0]}:\n\n  {url}\n", flush=True)
+            print(f"demo token ({MERCHANTS[0]}): {token}\nCtrl-C stops everything.\n", flush=True)
             await generate_bookings(dsn, stop)
         print("demo stopped", flush=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay import metrics
@@ -30,7 +31,11 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         await relay.refresh_gauges()
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    async def calendar(_request: Request) -> Response:
+        return HTMLResponse(resources.files("relay").joinpath("static/index.html").read_text("utf-8"))
+
     routes: list[BaseRoute] = [
+        Route("/", calendar),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
