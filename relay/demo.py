@@ -22,10 +22,10 @@ from starlette.routing import BaseRoute, Route
 
 from relay import app
 from relay.auth import Claims, mint_token
-from relay.http_auth import authenticate, error
 from relay.config import Settings
 from relay.db import migrate
 from relay.embedded import EmbeddedPostgres
+from relay.http_auth import authenticate, error
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +128,27 @@ def booking_routes(holder: list[app.Relay]) -> list[BaseRoute]:
     def as_json(row: asyncpg.Record) -> dict[str, object]:
         return {**dict(row), "startTime": row["startTime"].isoformat()}
 
-    async def today(_request: Request) -> Response:
-        async with pool_holder[0].acquire() as conn:
-            rows = await conn.fetch(f'{SELECT_BOOKINGS} ORDER BY "startTime"')
+    async def today(request: Request) -> Response:
+        claims = authenticate(request, holder[0].verifier)
+        if not isinstance(claims, Claims):
+            return claims
+        async with holder[0].pool.acquire() as conn:
+            rows = await conn.fetch(
+                f'{SELECT_BOOKINGS} WHERE "merchantId" = $1 ORDER BY "startTime"', claims.merchant_id
+            )
         return JSONResponse([as_json(r) for r in rows])
 
     async def one(request: Request) -> Response:
-        async with pool_holder[0].acquire() as conn:
-            row = await conn.fetchrow(f"{SELECT_BOOKINGS} WHERE id = $1", request.path_params["id"])
-        return JSONResponse(as_json(row)) if row else JSONResponse({"error": "no such booking"}, 404)
+        claims = authenticate(request, holder[0].verifier)
+        if not isinstance(claims, Claims):
+            return claims
+        async with holder[0].pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f'{SELECT_BOOKINGS} WHERE id = $1 AND "merchantId" = $2',
+                request.path_params["id"],
+                claims.merchant_id,
+            )
+        return JSONResponse(as_json(row)) if row else error(404, "no such booking")
 
     return [Route("/demo/bookings", today), Route("/demo/bookings/{id}", one)]
 
