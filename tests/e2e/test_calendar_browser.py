@@ -1,0 +1,125 @@
+"""The live calendar page in a real browser: live updates, the fallback banner, resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from relay.auth import mint_token
+from relay.embedded import free_port
+from tests.conftest import make_settings
+from tests.support import insert_booking
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SECRET = "browser-test-secret-0123456789abcdef"
+
+try:
+    from playwright.async_api import Page, async_playwright
+except ImportError:  # pragma: no cover - playwright is a dev dependency
+    async_playwright = None  # type: ignore[assignment]
+
+if not CHROMIUM or async_playwright is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the browser test: install Debian's chromium (see .ci/run)")
+    pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped",
+                allow_module_level=True)
+
+
+class RelayProcess:
+    """`relay run` as a separate process that the test can kill and start again."""
+
+    def __init__(self, db_url: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "RELAY_HTTP_HOST": "127.0.0.1",
+            "RELAY_HTTP_PORT": str(self.port),
+            "RELAY_JWT_SECRET": SECRET,
+            "RELAY_PROBE_INTERVAL": "0.5",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run"], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("relay run did not become ready")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def relay_process(db_url: str) -> Iterator[RelayProcess]:
+    process = RelayProcess(db_url)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+async def card(page: Page, booking_id: str, timeout_ms: float) -> None:
+    await page.wait_for_selector(f'.card[data-booking-id="{booking_id}"]', timeout=timeout_ms)
+
+
+async def test_calendar_updates_live_shows_banner_and_resumes(db_url: str, relay_process: RelayProcess) -> None:
+    token = mint_token(make_settings(db_url, jwt_secret=SECRET), merchant_id="m1", user_id="u1")
+    writer = await asyncpg.connect(db_url)
+    assert async_playwright is not None and CHROMIUM is not None
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            )
+            page = await browser.new_page(viewport={"width": 1200, "height": 900})
+            await page.goto(f"http://127.0.0.1:{relay_process.port}/?token={token}")
+            await page.wait_for_selector("#badge.live", timeout=10_000)
+
+            started = time.monotonic()
+            await insert_booking(writer, "bk-live", "m1")
+            await insert_booking(writer, "bk-other-merchant", "m2")
+            await card(page, "bk-live", 1_000)
+            assert time.monotonic() - started < 1.0
+
+            relay_process.kill()
+            await page.wait_for_selector("#banner.shown", timeout=5_000)
+            assert "Real-time updates unavailable" in await page.inner_text("#banner")
+            await insert_booking(writer, "bk-while-down", "m1")
+
+            relay_process.start()
+            await page.wait_for_selector("#badge.live", timeout=15_000)
+            await card(page, "bk-while-down", 5_000)
+            assert not await page.is_visible("#banner")
+            assert await page.query_selector('.card[data-booking-id="bk-other-merchant"]') is None
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "calendar.png"), full_page=True)
+            await browser.close()
+    finally:
+        await writer.close()
