@@ -32,8 +32,9 @@ except ImportError:  # pragma: no cover - playwright is a dev dependency
 if not CHROMIUM or async_playwright is None:
     if os.environ.get("CI"):
         raise RuntimeError("CI must run the browser test: install Debian's chromium (see .ci/run)")
-    pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped",
-                allow_module_level=True)
+    pytest.skip(
+        "Chromium is not installed (apt-get install chromium); browser test skipped", allow_module_level=True
+    )
 
 
 class RelayProcess:
@@ -53,8 +54,10 @@ class RelayProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run"], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "relay", "run"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -87,7 +90,9 @@ async def card(page: Page, booking_id: str, timeout_ms: float) -> None:
     await page.wait_for_selector(f'.card[data-booking-id="{booking_id}"]', timeout=timeout_ms)
 
 
-async def test_calendar_updates_live_shows_banner_and_resumes(db_url: str, relay_process: RelayProcess) -> None:
+async def test_calendar_updates_live_shows_banner_and_resumes(
+    db_url: str, relay_process: RelayProcess
+) -> None:
     token = mint_token(make_settings(db_url, jwt_secret=SECRET), merchant_id="m1", user_id="u1")
     writer = await asyncpg.connect(db_url)
     assert async_playwright is not None and CHROMIUM is not None
@@ -95,8 +100,15 @@ async def test_calendar_updates_live_shows_banner_and_resumes(db_url: str, relay
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
             )
             page = await browser.new_page(viewport={"width": 1200, "height": 900})
             await page.goto(f"http://127.0.0.1:{relay_process.port}/?token={token}")

@@ -1,0 +1,17 @@
+"""A shortened chaos run inside `make test` (the full one is `make chaos`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.chaos import ChaosConfig, run_chaos
+
+
+@pytest.mark.timeout(240)
+async def test_nothing_is_lost_while_everything_breaks() -> None:
+    report = await run_chaos(ChaosConfig(changes=600, drain_timeout=90))
+    print("\n".join(report.lines()))
+    assert report.problems == []
+    assert report.events_committed >= 570  # a change cut off mid-commit may not count
+    assert report.listener_kills >= 5
+    assert report.ws_resumes >= 3
