@@ -102,7 +102,8 @@ class Report:
             out.append(f"push {merchant}: {self.push_unique.get(merchant, 0)}/{expected} unique events")
         out.append(f"webhook signatures that failed verification: {self.webhook_bad_signatures}")
         out.append(
-            f"pushes to the 410 subscription later than {GONE_GRACE:.0f} s after its first 410: {self.push_after_gone}"
+            f"pushes to the 410 subscription over {GONE_GRACE:.0f} s after its first 410: "
+            f"{self.push_after_gone}"
         )
         for client, ok in sorted(self.ws_complete_in_order.items()):
             out.append(
