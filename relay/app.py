@@ -19,6 +19,7 @@ from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
+from relay.scheduler import build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Relay:
         return problems
 
     async def refresh_gauges(self) -> None:
+        metrics.listener_connected.set(1 if self.listener.connected.is_set() else 0)
         with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
             async with asyncio.timeout(2):
                 async with self.pool.acquire() as conn:
@@ -99,6 +101,9 @@ async def start(
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
         relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
         feed.subscribe(log_events)
+        scheduler = build_scheduler(relay)
+        scheduler.start()
+        stack.push_async_callback(scheduler.stop)
 
         server: _Server | None = None
         if serve_http:

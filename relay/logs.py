@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 # Stable ``extra=`` keys that are worth a column in any log search.
-CONTEXT_KEYS = ("event_id", "channel", "merchant_id", "delivery_id", "endpoint_id", "subscription_id")
+CONTEXT_KEYS = ("event_id", "channel", "merchant_id", "delivery_id", "endpoint_id", "subscription_id", "job")
 
 
 class JsonFormatter(logging.Formatter):

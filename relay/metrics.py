@@ -27,6 +27,11 @@ listener_disconnected_seconds = Counter(
     "Seconds the LISTEN connection spent down",
     registry=REGISTRY,
 )
+listener_connected = Gauge(
+    "relay_listener_connected",
+    "1 while the LISTEN connection is up, else 0 (set when /metrics is read)",
+    registry=REGISTRY,
+)
 events_handed_on = Counter(
     "relay_events_handed_on_total",
     "Events handed to the live consumers, in commit order",
