@@ -4,12 +4,12 @@ A job is a name, an async callable and an interval. Each runs in APScheduler 3's
 ``AsyncIOScheduler`` with ``max_instances=1`` and ``coalesce=True``, so it never
 overlaps itself in one process. A *shared* job (the default) does work for the
 whole database, so with several relay processes it must run once per interval in
-total: each run takes a PostgreSQL advisory lock (``pg_try_advisory_lock``; a
-process that does not get it skips the run) and claims the run in ``relay.jobs``
-(skipped when any process started it less than 90 % of an interval ago). A *local*
-job runs in every process: the reconciliation poll, because each process has its
-own feed position, and the queue-depth gauges, because each process exports its
-own ``/metrics``.
+total: each run holds a PostgreSQL advisory lock for its duration
+(``pg_try_advisory_xact_lock`` in a transaction; a process that does not get it
+skips the run) and claims the run in ``relay.jobs`` (skipped when any process
+started it less than 90 % of an interval ago). A *local* job runs in every
+process: the reconciliation poll, because each process has its own feed position,
+and the queue-depth gauges, because each process exports its own ``/metrics``.
 
 A job that raises is logged, counted in ``relay_job_failures_total{job}``, and runs
 again at its next time.
@@ -18,7 +18,6 @@ again at its next time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -121,22 +120,19 @@ class Scheduler:
             self._running.discard(task)
 
     async def _run_shared(self, job: Job) -> bool:
+        # A transaction-scoped lock, so it is never left behind on a pooled connection
+        # (and works through a transaction pooler); the claim commits with the run.
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(q("job_try_lock"), job.name):
                     logger.debug("job %s is running in another process; skipped", job.name)
                     return False
-                try:
-                    if not await conn.fetchval(q("job_claim_run"), job.name, job.interval * CLAIM_SLACK):
-                        logger.debug("job %s ran recently in another process; skipped", job.name)
-                        return False
-                    ok = await self._run_guarded(job)
-                    error = None if ok else "failed (see the log)"
-                    await conn.execute(q("job_finished"), job.name, error)
-                    return ok
-                finally:
-                    with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
-                        await conn.fetchval(q("job_unlock"), job.name)
+                if not await conn.fetchval(q("job_claim_run"), job.name, job.interval * CLAIM_SLACK):
+                    logger.debug("job %s ran recently in another process; skipped", job.name)
+                    return False
+                ok = await self._run_guarded(job)
+                await conn.execute(q("job_finished"), job.name, None if ok else "failed (see the log)")
+                return ok
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             self._failed(job, exc)
             return False

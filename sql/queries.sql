@@ -20,10 +20,8 @@ SELECT coalesce(min(position) - 1, (SELECT last_position FROM relay.sequencer))
 FROM relay.events WHERE position IS NOT NULL;
 
 -- name: job_try_lock
-SELECT pg_try_advisory_lock(hashtext('relay.job:' || $1));
-
--- name: job_unlock
-SELECT pg_advisory_unlock(hashtext('relay.job:' || $1));
+-- Held until the end of the transaction that runs the job.
+SELECT pg_try_advisory_xact_lock(hashtext('relay.job:' || $1));
 
 -- name: job_claim_run
 -- Start a run unless one started less than $2 seconds ago (by any process).
@@ -34,7 +32,7 @@ RETURNING true;
 
 -- name: job_finished
 UPDATE relay.jobs
-SET last_finished_at = now(), last_error = $2, runs = runs + 1,
+SET last_finished_at = clock_timestamp(), last_error = $2, runs = runs + 1,
     failures = failures + CASE WHEN $2::text IS NULL THEN 0 ELSE 1 END
 WHERE name = $1;
 

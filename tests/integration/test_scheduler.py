@@ -222,6 +222,35 @@ async def test_shared_job_never_overlaps_itself_across_schedulers(db_url: str) -
     assert overlaps == 0
 
 
+async def test_a_process_skips_a_shared_job_another_process_is_running(db_url: str) -> None:
+    name = job_name("busy")
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def busy() -> None:
+        entered.set()
+        await release.wait()
+
+    job = Job(name, busy, 0.01)
+    pools = [await create_pool(db_url) for _ in range(2)]
+    first, second = Scheduler(pools[0], [job]), Scheduler(pools[1], [job])
+    try:
+        running = asyncio.create_task(first.run_job(job))
+        await asyncio.wait_for(entered.wait(), 5)
+        # Skipped at once (advisory lock taken), not queued behind the running one.
+        assert await asyncio.wait_for(second.run_job(job), 3) is False
+        release.set()
+        assert await asyncio.wait_for(running, 5) is True
+        await asyncio.sleep(0.02)  # a full interval later the job is due again
+        entered.clear()
+        release.set()
+        assert await asyncio.wait_for(second.run_job(job), 5) is True
+    finally:
+        release.set()
+        for made in pools:
+            await made.close()
+
+
 async def test_raising_job_is_logged_counted_and_runs_again(
     pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
