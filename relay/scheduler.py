@@ -147,6 +147,17 @@ class Scheduler:
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         metrics.job_failures.labels(job.name).inc()
+        if isinstance(exc, TRANSIENT_ERRORS):
+            # The database is away: one line, no traceback (the listener says more).
+            logger.warning(
+                "job %s could not reach the database (%s: %s); it runs again in %gs",
+                job.name,
+                type(exc).__name__,
+                exc,
+                job.interval,
+                extra={"job": job.name},
+            )
+            return
         logger.error(
             "job %s failed (%s: %s); it runs again in %gs",
             job.name,

@@ -279,6 +279,24 @@ async def test_raising_job_is_logged_counted_and_runs_again(
     assert len(failed) == 1 and getattr(failed[0], "job", None) == name
 
 
+async def test_job_failing_on_a_lost_database_is_counted_with_one_line(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = job_name("offline")
+
+    async def offline() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    scheduler = Scheduler(pool, [Job(name, offline, 60, shared=False)])
+    before = failures(name)
+    caplog.set_level(logging.WARNING, logger="relay.scheduler")
+    assert await scheduler.run_job(scheduler.jobs[0]) is False
+    assert failures(name) - before == 1
+    [logged] = [r for r in caplog.records if r.name == "relay.scheduler"]
+    assert logged.levelno == logging.WARNING and logged.exc_info is None
+    assert "could not reach the database" in logged.getMessage()
+
+
 async def test_local_job_runs_in_every_scheduler(pool: asyncpg.Pool) -> None:
     name = job_name("local")
     seen: asyncio.Queue[str] = asyncio.Queue()
