@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import uvicorn
@@ -121,10 +122,12 @@ async def start(
             server = _Server(config)
 
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(feed.run(relay.stop), name="relay-feed")
-            tasks.create_task(listener.run(relay.stop), name="relay-listener")
+            loops = [
+                tasks.create_task(feed.run(relay.stop), name="relay-feed"),
+                tasks.create_task(listener.run(relay.stop), name="relay-listener"),
+            ]
             if server is not None:
-                tasks.create_task(server.serve(), name="relay-http")
+                loops.append(tasks.create_task(server.serve(), name="relay-http"))
                 while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
                     await asyncio.sleep(0.01)
                 relay.http_port = server.servers[0].sockets[0].getsockname()[1]
@@ -135,6 +138,16 @@ async def start(
                 if server is not None:
                     server.should_exit = True
                 logger.info("relay stopping")
+                await asyncio.gather(scheduler.stop(), _drain(loops, SHUTDOWN_GRACE))
+
+
+async def _drain(loops: Sequence[asyncio.Task[Any]], grace: float) -> None:
+    """Give the loops ``grace`` seconds to notice the stop event, then cancel the rest
+    (e.g. one stuck connecting to a database host that does not answer)."""
+    _done, pending = await asyncio.wait(loops, timeout=grace)
+    for task in pending:
+        logger.warning("%s did not stop within %.0fs; cancelling it", task.get_name(), grace)
+        task.cancel()
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from relay.aio import sleep_or_stop
 from relay.errors import SetupError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,10 @@ async def retrying(
             attempt += 1
             if attempt in (1, 10) or attempt % 50 == 0:
                 logger.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                await sleep_or_stop(stop, delay)
 
 
 async def booking_table_exists(conn: asyncpg.Connection) -> bool:

@@ -65,7 +65,14 @@ class Feed:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.position = await retrying(self._current_position, what="reading the feed position", stop=stop)
+        try:
+            self.position = await retrying(
+                self._current_position, what="reading the feed position", stop=stop
+            )
+        except TRANSIENT_ERRORS:
+            if stop.is_set():
+                return  # asked to stop before the database came back
+            raise
         logger.info("feed starts after position %s", self.position)
         self.started.set()
         failures = 0

@@ -116,6 +116,13 @@ class Scheduler:
             if job.shared:
                 return await self._run_shared(job)
             return await self._run_guarded(job)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Cut short by stop() after the grace period: say so once, and end the run
+            # quietly rather than as an APScheduler "job raised" traceback.
+            logger.warning("job %s cancelled at shutdown", job.name, extra={"job": job.name})
+            return False
         finally:
             self._running.discard(task)
 

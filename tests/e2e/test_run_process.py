@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,4 +115,23 @@ def test_run_stops_gracefully_on_sigterm(db_url: str, spawn: Spawn) -> None:
     assert time.monotonic() - started < 8  # generous: the grace period is 5 s
     assert "booking=b1" in stderr
     assert "relay stopping" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("database", ["refusing", "silent"])
+def test_run_stops_on_sigterm_while_the_database_is_unreachable(database: str, spawn: Spawn) -> None:
+    # "refusing": nothing listens on the port; "silent": a socket that accepts connections
+    # and never answers, like a database host that went away mid-handshake.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if database == "silent":
+            silent.listen(64)
+        port = silent.getsockname()[1]
+        process, base = spawn(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+        wait_for(f"{base}/healthz", 200, process)
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 503
+        started = time.monotonic()
+        code, stderr = stop(process)
+    assert code == 0, stderr
+    assert time.monotonic() - started < 9  # generous: the grace period is 5 s
     assert "Traceback" not in stderr

@@ -326,7 +326,7 @@ async def test_relay_schedules_reconciliation_and_retention(settings: Settings, 
 
             async def retention_ran() -> None:
                 gone = "SELECT count(*) = 0 FROM relay.events WHERE id = $1"
-                while not await conn.fetchval(gone, old):  # noqa: ASYNC110 - polling the database
+                while not await conn.fetchval(gone, old):
                     await asyncio.sleep(0.05)
 
             await asyncio.wait_for(retention_ran(), 10)
