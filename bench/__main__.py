@@ -11,7 +11,7 @@ import sys
 
 from bench.report import markdown, write
 
-SUITES = ("core", "webhooks", "webpush", "live")
+SUITES = ("core", "webhooks", "webpush", "live", "ops")
 
 
 def main(argv: list[str]) -> int:
