@@ -12,7 +12,7 @@ import pytest
 from relay import app, metrics
 from relay.config import Settings
 from relay.db import create_pool, q
-from relay.scheduler import Job, Scheduler, apply_retention, refresh_queue_depths
+from relay.scheduler import Job, Scheduler, apply_retention, build_scheduler, refresh_queue_depths
 
 
 @pytest.fixture
@@ -334,3 +334,28 @@ async def test_relay_schedules_reconciliation_and_retention(settings: Settings, 
     finally:
         await conn.close()
     assert jobs == {"retention"}
+
+
+async def test_channel_jobs_register_with_their_arguments(settings: Settings) -> None:
+    calls: asyncio.Queue[tuple[str, tuple[object, ...]]] = asyncio.Queue()
+
+    async def disable_failing_endpoints(pool: asyncpg.Pool, days: float) -> None:
+        calls.put_nowait(("disable", (pool, days)))
+
+    async def prune_push_subscriptions(pool: asyncpg.Pool) -> None:
+        calls.put_nowait(("prune", (pool,)))
+
+    settings = settings.model_copy(update={"endpoint_disable_after_days": 3.5})
+    async with app.start(settings, serve_http=False) as relay:
+        scheduler = build_scheduler(
+            relay,
+            disable_failing_endpoints=disable_failing_endpoints,
+            prune_push_subscriptions=prune_push_subscriptions,
+        )
+        jobs = {job.name: job for job in scheduler.jobs}
+        assert await scheduler.run_job(jobs["disable_failing_endpoints"])
+        assert await scheduler.run_job(jobs["prune_push_subscriptions"])
+        got = [await asyncio.wait_for(calls.get(), 5) for _ in range(2)]
+    assert got == [("disable", (relay.pool, 3.5)), ("prune", (relay.pool,))]
+    assert jobs["disable_failing_endpoints"].shared and jobs["prune_push_subscriptions"].shared
+    assert not jobs["reconcile"].shared and jobs["reconcile"].interval == settings.reconcile_interval
