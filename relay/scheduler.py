@@ -95,15 +95,21 @@ class Scheduler:
         )
 
     async def stop(self) -> None:
-        """Let running jobs finish (up to the grace period), then shut APScheduler down."""
+        """Let running jobs finish (up to the grace period), cancel the rest, shut APScheduler down.
+
+        Safe to call more than once."""
+        first = not self._stopping
         self._stopping = True
         if self._running:
             await asyncio.wait(set(self._running), timeout=self._stop_grace)
-        if self._aps.running:
-            self._aps.shutdown(wait=False)  # cancels what is still running
+        if first and self._aps.running:
+            self._aps.shutdown(wait=False)
             await asyncio.sleep(0)  # AsyncIOScheduler shuts down in a loop callback
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        late = list(self._running)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def run_job(self, job: Job) -> bool:
         """Run ``job`` once under the scheduling rules; return whether it ran (and did not raise)."""

@@ -359,3 +359,25 @@ async def test_channel_jobs_register_with_their_arguments(settings: Settings) ->
     assert got == [("disable", (relay.pool, 3.5)), ("prune", (relay.pool,))]
     assert jobs["disable_failing_endpoints"].shared and jobs["prune_push_subscriptions"].shared
     assert not jobs["reconcile"].shared and jobs["reconcile"].interval == settings.reconcile_interval
+
+
+async def test_stop_cancels_a_job_that_outlives_the_grace_period(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = job_name("stuck")
+    entered = asyncio.Event()
+
+    async def stuck() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    scheduler = Scheduler(pool, [Job(name, stuck, 60, shared=False)], stop_grace=0.2)
+    caplog.set_level(logging.WARNING, logger="relay.scheduler")
+    scheduler.start()
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(scheduler.stop(), 5)
+    await asyncio.wait_for(scheduler.stop(), 5)  # a second stop is harmless
+    assert [r.getMessage() for r in caplog.records if r.name == "relay.scheduler"] == [
+        f"job {name} cancelled at shutdown"
+    ]
+    assert failures(name) == 0
