@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay import metrics
+from relay.http_webhooks import webhook_routes
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -34,6 +35,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        *webhook_routes(relay),
         *(extra_routes or []),
     ]
     return Starlette(routes=routes)
