@@ -90,8 +90,8 @@ class Receiver:
                 await asyncio.wait_for(self._task, 5)
             self._server = None
 
-    async def get(self, timeout: float = 10.0) -> Received:
-        return await asyncio.wait_for(self.received.get(), timeout)
+    async def get(self, within: float = 10.0) -> Received:
+        return await asyncio.wait_for(self.received.get(), within)
 
     async def nothing_within(self, seconds: float) -> bool:
         try:
@@ -130,12 +130,13 @@ async def write_bookings(db_url: str, *statements: str) -> None:
 
 
 def booking(booking_id: str, merchant: str, status: str = "PENDING") -> str:
-    return f"""INSERT INTO "Booking" (id, "merchantId", status) VALUES ('{booking_id}', '{merchant}', '{status}')"""
+    values = f"('{booking_id}', '{merchant}', '{status}')"
+    return f"""INSERT INTO "Booking" (id, "merchantId", status) VALUES {values}"""
 
 
 @contextlib.asynccontextmanager
 async def running_dispatcher(
-    db_url: str, *, schedule: str = "0,100ms,100ms", timeout: float = 15.0, **kwargs: Any
+    db_url: str, *, schedule: str = "0,100ms,100ms", send_timeout: float = 15.0, **kwargs: Any
 ) -> AsyncIterator[Any]:
     """A dispatcher with the webhook channel, without the rest of the relay (no feed)."""
     from relay.channels.webhook import WebhookChannel
@@ -148,7 +149,7 @@ async def running_dispatcher(
     stop = asyncio.Event()
     try:
         async with build_client(LOOPBACK) as client:
-            channel = WebhookChannel(pool, client, timeout=timeout, stop=stop)
+            channel = WebhookChannel(pool, client, timeout=send_timeout, stop=stop)
             kwargs.setdefault("poll_interval", 0.2)
             dispatcher = Dispatcher(pool, [channel], RetrySchedule.parse(schedule), **kwargs)
             async with asyncio.TaskGroup() as tasks:

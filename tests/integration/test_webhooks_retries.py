@@ -115,7 +115,7 @@ async def test_a_hung_receiver_times_out_and_the_delivery_is_retried(db_url: str
         return Response(status_code=204)
 
     async with running(first_hangs) as receiver:
-        async with running_dispatcher(db_url, timeout=0.5) as _dispatcher:
+        async with running_dispatcher(db_url, send_timeout=0.5) as _dispatcher:
             conn = await asyncpg.connect(db_url)
             await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
             await conn.close()
