@@ -187,3 +187,65 @@ async def wait_rows(
         if time.monotonic() > deadline:
             raise AssertionError(f"deliveries never reached the expected state: {rows}")
         await asyncio.sleep(0.05)
+
+
+class RelayProcess:
+    """``relay run`` in a subprocess (for crash and multi-process tests)."""
+
+    def __init__(self, db_url: str, log_path: Any, **env: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        environ = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "RELAY_HTTP_HOST": "127.0.0.1",
+            "RELAY_HTTP_PORT": str(self.port),
+            "RELAY_EGRESS_ALLOW": "127.0.0.0/8",
+            "RELAY_PROBE_INTERVAL": "0.5",
+            **env,
+        }
+        self._log = open(log_path, "ab")  # closed by kill() / stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run"], env=environ, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    async def ready(self, within: float = 30.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient() as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"relay run exited with {self.proc.returncode}")
+                try:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if response.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("relay run never became ready")
+                await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    async def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while self.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a child process
+                await asyncio.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._log.close()
+        return int(self.proc.wait(5))
