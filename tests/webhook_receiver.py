@@ -55,8 +55,9 @@ async def answer_204(_received: Received) -> Response:
 class Receiver:
     """Records every POST in ``received`` (a queue) and answers with ``respond``."""
 
-    def __init__(self, respond: Responder = answer_204) -> None:
+    def __init__(self, respond: Responder = answer_204, **uvicorn_options: Any) -> None:
         self.respond = respond
+        self._options = uvicorn_options
         self.received: asyncio.Queue[Received] = asyncio.Queue()
         self.all: list[Received] = []
         self.port = free_port()
@@ -75,7 +76,13 @@ class Receiver:
     async def start(self) -> None:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off", access_log=False
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            **self._options,
         )
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve())
