@@ -259,7 +259,16 @@ async def _run(db_url: str, quick: bool) -> list[Row]:
     try:
         with (
             process([sys.executable, "-m", "bench.webhook_receiver", str(receiver_port)]),
-            process([sys.executable, "-m", "relay", "run"], relay_env),
+            process(
+                [
+                    sys.executable,
+                    *os.environ.get("BENCH_RELAY_PYTHON_ARGS", "").split(),
+                    "-m",
+                    "relay",
+                    "run",
+                ],
+                relay_env,
+            ),
         ):
             await wait_http(f"{receiver}/stats")
             await wait_http(f"http://127.0.0.1:{relay_port}/readyz")
