@@ -64,7 +64,7 @@ class Dispatcher:
         concurrency: int = 200,
         per_target: int = 8,
         batch: int = 200,
-        plan_batch: int = 1000,
+        plan_batch: int = 200,
         lease: float = 25.0,
         poll_interval: float = 1.0,
         grace: float = 5.0,

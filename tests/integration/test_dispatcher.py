@@ -8,7 +8,14 @@ from typing import ClassVar
 
 import asyncpg
 from starlette.responses import Response
-from webhook_receiver import (
+
+from relay.channels.base import Delivery, Outcome
+from relay.db import create_pool
+from relay.dispatcher import Dispatcher
+from relay.events import Event
+from relay.retry import RetrySchedule
+from relay.webhooks import add_endpoint, disable_failing_endpoints, enable_endpoint
+from tests.webhook_receiver import (
     LOOPBACK,
     Received,
     booking,
@@ -17,13 +24,6 @@ from webhook_receiver import (
     wait_rows,
     write_bookings,
 )
-
-from relay.channels.base import Delivery, Outcome
-from relay.db import create_pool
-from relay.dispatcher import Dispatcher
-from relay.events import Event
-from relay.retry import RetrySchedule
-from relay.webhooks import add_endpoint, disable_failing_endpoints, enable_endpoint
 
 
 class FakeChannel:

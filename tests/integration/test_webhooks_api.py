@@ -8,11 +8,11 @@ import asyncpg
 import httpx
 import jwt
 import pytest
-from conftest import make_settings
-from webhook_receiver import booking, write_bookings
 
 from relay import app
 from relay.cli import main
+from tests.conftest import make_settings
+from tests.webhook_receiver import booking, write_bookings
 
 SECRET = "test-secret-with-enough-bytes-for-hs256"
 

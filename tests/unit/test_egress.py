@@ -6,9 +6,9 @@ import ipaddress
 
 import httpx
 import pytest
-from webhook_receiver import LOOPBACK, running
 
 from relay.egress import EgressRefused, blocked_reason, build_client, validate_url
+from tests.webhook_receiver import LOOPBACK, running
 
 REFUSED_URLS = [
     "http://127.0.0.1/hook",
