@@ -149,6 +149,8 @@ def validate_url(url: str, allow: Sequence[IPNetwork] = ()) -> str:
     except httpx.InvalidURL as exc:
         raise EgressRefused(f"url is not valid: {exc}") from None
     addr = literal_address(host)
+    if addr is None and (host == "localhost" or host.endswith(".localhost")):
+        addr = ipaddress.ip_address("127.0.0.1")  # RFC 6761: always loopback
     if addr is not None:
         check_address(addr, allow, host)
     return url
