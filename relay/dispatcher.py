@@ -192,21 +192,28 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
         claimed: list[tuple[Delivery, Event]] = []
-        async with self._pool.acquire() as conn:
-            for name in self._channels:
-                if len(claimed) >= limit:
-                    break
-                saturated = [t for (c, t), n in self._held_per_target.items() if c == name and n >= self._cap]
-                rows = await conn.fetch(
-                    q("deliveries_claim"),
-                    name,
-                    saturated,
-                    limit - len(claimed),
-                    self._cap,
-                    self.worker_id,
-                    self._lease,
-                )
-                claimed.extend(self._hold(row) for row in rows)
+        try:
+            async with self._pool.acquire() as conn:
+                for name in self._channels:
+                    if len(claimed) >= limit:
+                        break
+                    saturated = [
+                        t for (c, t), n in self._held_per_target.items() if c == name and n >= self._cap
+                    ]
+                    rows = await conn.fetch(
+                        q("deliveries_claim"),
+                        name,
+                        saturated,
+                        limit - len(claimed),
+                        self._cap,
+                        self.worker_id,
+                        self._lease,
+                    )
+                    claimed.extend(self._hold(row) for row in rows)
+        except TRANSIENT_ERRORS:
+            if not claimed:
+                raise
+            # What an earlier channel's claim committed is held here now: send it.
         # The claim allows up to a cap per target, not counting what this process already
         # holds for it: hand the excess straight back.
         over: list[Delivery] = []
