@@ -7,6 +7,9 @@ arrival at the receiver, p50/p99. The baseline is a bare ``httpx.AsyncClient`` l
 in this process POSTing the same bodies to the same receiver with the same
 concurrency (throughput), and one POST per delivery as each event is committed
 (latency): what sending costs with no database, queue, signature or retry in between.
+
+``python -m bench.webhooks [--quick]``; ``BENCH_RELAY_PYTHON_ARGS="-m cProfile -o relay.prof"``
+profiles the relay process.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def row(metric: str, relay: float, baseline: float, goal: str, unit: str) -> Row
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
-    """``DATABASE_URL`` when set (a scratch database in it), else an embedded server."""
+    """An embedded server of the bench's own, or ``BENCH_DATABASE_URL`` (a scratch database in it)."""
     from relay.embedded import EmbeddedPostgres
 
     if os.environ.get("BENCH_DATABASE_URL"):
