@@ -61,7 +61,7 @@ class Dispatcher:
         channels: Sequence[Channel],
         schedule: RetrySchedule,
         *,
-        concurrency: int = 200,
+        concurrency: int = 128,
         per_target: int = 8,
         batch: int = 200,
         plan_batch: int = 200,
