@@ -110,7 +110,7 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
             WebhookChannel(pool, http_client, timeout=settings.webhook_timeout, stop=relay.stop)
         ]
         dispatcher = Dispatcher(
-            pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE
+            pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE - 1
         )
         feed.subscribe(lambda _events: dispatcher.wake())
         relay.http_client = http_client

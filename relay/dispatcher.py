@@ -67,7 +67,7 @@ class Dispatcher:
         plan_batch: int = 200,
         lease: float = 25.0,
         poll_interval: float = 1.0,
-        grace: float = 5.0,
+        grace: float = 4.0,
     ) -> None:
         self._pool = pool
         self._channels = {c.name: c for c in channels}
@@ -150,7 +150,6 @@ class Dispatcher:
         async with asyncio.TaskGroup() as tasks:
             recorder = tasks.create_task(self._record_loop(), name="relay-dispatch-recorder")
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
-            tasks.create_task(self._gauge_loop(stop), name="relay-dispatch-gauges")
             failures = 0
             while not stop.is_set():
                 room = self._concurrency * 2 - len(self._held)
@@ -176,16 +175,18 @@ class Dispatcher:
                     task.add_done_callback(sends.discard)
                 if len(claimed) < min(room, self._batch):
                     await wait_any(self._claim_wake, stop, timeout=self._poll)
-            # Stopping: what has not started goes back at once (see _deliver); what is in
-            # flight gets the grace period, then is cancelled and handed back too.
+            # Stopping, within the grace period: what has not started goes back at once
+            # (see _deliver); what is in flight gets most of the period, then is cancelled
+            # and handed back too; the outcomes are written in what is left.
+            deadline = time.monotonic() + self._grace
             if sends:
-                _done, pending = await asyncio.wait(set(sends), timeout=self._grace)
+                _done, pending = await asyncio.wait(set(sends), timeout=self._grace * 0.6)
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
             self._records.put_nowait(None)
             try:
-                await asyncio.wait_for(asyncio.shield(recorder), self._grace)
+                await asyncio.wait_for(asyncio.shield(recorder), max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 logger.warning("stopping with %d delivery outcomes unrecorded", self._records.qsize())
                 recorder.cancel()
@@ -410,14 +411,3 @@ class Dispatcher:
                 continue
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._pool.execute(q("deliveries_renew"), ids, self.worker_id, self._lease)
-
-    async def _gauge_loop(self, stop: asyncio.Event) -> None:
-        """Keep ``relay_deliveries_pending{channel,state}`` current."""
-        while not stop.is_set():
-            with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
-                rows = await self._pool.fetch(q("deliveries_pending_counts"))
-                counts = {(r["channel"], r["state"]): r["n"] for r in rows}
-                for name in self._channels:
-                    for state in ("pending", "sending"):
-                        metrics.deliveries_pending.labels(name, state).set(counts.get((name, state), 0))
-            await sleep_or_stop(stop, 5.0)

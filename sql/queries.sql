@@ -92,17 +92,6 @@ SET state = 'pending', next_attempt_at = now() + u.delay * interval '1 second',
 FROM unnest($1::bigint[], $2::float8[]) AS u(id, delay)
 WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $3;
 
--- name: deliveries_next_due
-SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
-FROM relay.deliveries
-WHERE channel = ANY ($1::text[]) AND state IN ('pending', 'sending');
-
--- name: deliveries_pending_counts
-SELECT channel, state, count(*) AS n
-FROM relay.deliveries
-WHERE state IN ('pending', 'sending')
-GROUP BY channel, state;
-
 -- name: deliveries_replay_failed
 -- Give failed deliveries a fresh set of attempts: all of them, or only ids in $1
 -- (optionally only those of one endpoint, $2).

@@ -192,3 +192,22 @@ async def test_outcomes_are_counted_in_the_metrics(db_url: str) -> None:
         await wait_rows(db_url, lambda rows: len(rows) == 2 and all(r["state"] == "succeeded" for r in rows))
     assert value("relay_deliveries_total", channel="webhook", outcome="success") == before_success + 2
     assert value("relay_delivery_seconds_count", channel="webhook") == before_seconds + 2
+
+
+async def test_stopping_hands_in_flight_deliveries_back_without_using_an_attempt(db_url: str) -> None:
+    hang = asyncio.Event()
+
+    async def hangs(_item: Received) -> Response:
+        await hang.wait()
+        return Response(status_code=204)
+
+    async with running(hangs) as receiver:
+        async with running_dispatcher(db_url, grace=1.0) as _d:
+            conn = await asyncpg.connect(db_url)
+            await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await conn.close()
+            await write_bookings(db_url, booking("b1", "m1"))
+            await receiver.get()  # the send is in flight; now stop
+        hang.set()
+    rows = await wait_rows(db_url, lambda rows: len(rows) == 1)
+    assert (rows[0]["state"], rows[0]["attempts"], rows[0]["locked_by"]) == ("pending", 0, None)
