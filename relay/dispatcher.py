@@ -122,12 +122,18 @@ class Dispatcher:
         more = False
         planned = 0
         async with self._pool.acquire() as conn:
+            if not self.started.is_set():
+                # A channel's first cursor starts at the last position sequenced so far,
+                # before this process sequences anything: events committed while no relay
+                # ran are still unsequenced, so they come after it and are delivered.
+                for name in self._channels:
+                    await conn.execute(q("cursor_create"), name)
             if sequence:
                 await conn.execute(q("sequence_events"))
             for channel in self._channels.values():
                 async with conn.transaction():
                     position = await conn.fetchval(q("cursor_lock"), channel.name)
-                    if position is None:
+                    if position is None:  # removed meanwhile
                         await conn.execute(q("cursor_create"), channel.name)
                         position = await conn.fetchval(q("cursor_lock"), channel.name)
                     last = int(await conn.fetchval(q("max_position")))

@@ -18,7 +18,3 @@ CREATE TABLE relay.webhook_endpoints (
 );
 CREATE INDEX webhook_endpoints_merchant_idx ON relay.webhook_endpoints (merchant_id) WHERE enabled;
 
--- Plan from the position at install time: history before it is not delivered.
-INSERT INTO relay.cursors (name, position)
-SELECT 'webhook', last_position FROM relay.sequencer
-ON CONFLICT (name) DO NOTHING;

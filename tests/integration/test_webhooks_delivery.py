@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from relay import app
 from relay.webhooks import add_endpoint, rotate_secret
 from tests.conftest import make_settings
-from tests.webhook_receiver import Received, booking, running, write_bookings
+from tests.webhook_receiver import LOOPBACK, Received, booking, running, running_dispatcher, write_bookings
 
 ALLOW = "127.0.0.0/8"
 
@@ -119,3 +119,16 @@ async def test_a_merchant_endpoint_receives_only_its_merchant_and_chosen_events(
         ("/b", "b1", "booking_created"),
         ("/b", "b2", "booking_created"),
     ]
+
+
+async def test_events_committed_before_the_first_relay_start_are_delivered(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with running() as receiver:
+            await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await write_bookings(db_url, booking("early1", "m1"), booking("early2", "m1"))
+            async with running_dispatcher(db_url) as _dispatcher:
+                got = sorted([(await receiver.get()).json["data"]["id"] for _ in range(2)])
+    finally:
+        await conn.close()
+    assert got == ["early1", "early2"]
