@@ -87,7 +87,7 @@ async def retention(admin_url: str, events: int) -> list[Row]:
 
 async def scrape(admin_url: str, requests: int) -> list[Row]:
     url = await _database(admin_url, "scrape", 1000)
-    settings = Settings(database_url=url, http_host="127.0.0.1", http_port=0)  # type: ignore[call-arg]
+    settings = Settings(database_url=url, http_host="127.0.0.1", http_port=0)
     async with app.start(settings) as relay:
         await asyncio.wait_for(relay.listener.connected.wait(), 10)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.http_port}") as client:

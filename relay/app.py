@@ -10,17 +10,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import httpx
 import uvicorn
 from starlette.routing import BaseRoute
 
 from relay import metrics
 from relay.auth import TokenVerifier
+from relay.channels.base import Channel
+from relay.channels.webhook import WebhookChannel
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
+from relay.dispatcher import Dispatcher
+from relay.egress import build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
 from relay.scheduler import build_scheduler
+from relay.webhooks import disable_failing_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,8 @@ class Relay:
     verifier: TokenVerifier | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
+    http_client: httpx.AsyncClient | None = None
+    dispatcher: Dispatcher | None = None
 
     async def readiness_problems(self) -> list[str]:
         problems = []
@@ -102,7 +110,18 @@ async def start(
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
         relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
         feed.subscribe(log_events)
-        scheduler = build_scheduler(relay)
+        # One SSRF-guarded client for every outgoing request (webhooks, push).
+        http_client = await stack.enter_async_context(build_client(settings.egress_allow))
+        channels: list[Channel] = [
+            WebhookChannel(pool, http_client, timeout=settings.webhook_timeout, stop=relay.stop)
+        ]
+        dispatcher = Dispatcher(
+            pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE - 1
+        )
+        feed.subscribe(lambda _events: dispatcher.wake())
+        relay.http_client = http_client
+        relay.dispatcher = dispatcher
+        scheduler = build_scheduler(relay, disable_failing_endpoints=disable_failing_endpoints)
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
 
@@ -125,6 +144,8 @@ async def start(
             loops = [
                 tasks.create_task(feed.run(relay.stop), name="relay-feed"),
                 tasks.create_task(listener.run(relay.stop), name="relay-listener"),
+                tasks.create_task(dispatcher.plan_loop(relay.stop), name="relay-dispatch-plan"),
+                tasks.create_task(dispatcher.deliver_loop(relay.stop), name="relay-dispatch-deliver"),
             ]
             if server is not None:
                 loops.append(tasks.create_task(server.serve(), name="relay-http"))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from relay import logs
+from relay import logs, webhooks_cli
 from relay.config import Settings, load_settings
 from relay.errors import RelayError
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="everything, with an embedded PostgreSQL, no set-up")
     demo.add_argument("--port", type=int, default=None, help="HTTP port (default RELAY_HTTP_PORT)")
     demo.set_defaults(func=cmd_demo)
+    webhooks_cli.add_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay import metrics
+from relay.http_webhooks import webhook_routes
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -39,6 +40,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        *webhook_routes(relay),
         *(extra_routes or []),
     ]
     return Starlette(routes=routes)

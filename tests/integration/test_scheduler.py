@@ -333,7 +333,7 @@ async def test_relay_schedules_reconciliation_and_retention(settings: Settings, 
             jobs = {r["name"] for r in await conn.fetch("SELECT name FROM relay.jobs")}
     finally:
         await conn.close()
-    assert jobs == {"retention"}
+    assert jobs == {"retention", "disable_failing_endpoints"}
 
 
 async def test_channel_jobs_register_with_their_arguments(settings: Settings) -> None:
