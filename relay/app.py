@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import httpx
 import uvicorn
 
 from relay import metrics
 from relay.auth import TokenVerifier
+from relay.channels.webpush import WebPushChannel
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.events import Event
@@ -33,6 +35,7 @@ class Relay:
     feed: Feed
     listener: Listener
     verifier: TokenVerifier | None = None
+    push: WebPushChannel | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
 
@@ -94,7 +97,14 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
         verifier = TokenVerifier(settings) if settings.jwt_enabled else None
         if verifier is None:
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
-        relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
+        # Outgoing HTTP for push (and webhooks): one shared client, closed here.
+        http_client = await stack.enter_async_context(httpx.AsyncClient(timeout=15.0))
+        push = WebPushChannel(settings, pool, http_client) if settings.push_enabled else None
+        if push is None:
+            logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
+        relay = Relay(
+            settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier, push=push
+        )
         feed.subscribe(log_events)
 
         server: _Server | None = None

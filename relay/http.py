@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay import metrics
+from relay.push_http import push_routes
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -34,6 +35,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        *push_routes(relay),
         *(extra_routes or []),
     ]
     return Starlette(routes=routes)
