@@ -68,7 +68,8 @@ async def test_push_routes_answer_503_json_while_push_is_off(db_url: str) -> Non
         base_url=f"http://127.0.0.1:{running.http_port}"
     ) as http:
         key = await http.get("/push/vapid-public-key")
-        sub = await http.post("/push/subscriptions", json=Browser().subscription(ENDPOINT), headers=auth(running))
+        body = Browser().subscription(ENDPOINT)
+        sub = await http.post("/push/subscriptions", json=body, headers=auth(running))
     assert key.status_code == 503 and "RELAY_VAPID_PRIVATE_KEY" in key.json()["error"]
     assert sub.status_code == 503 and "error" in sub.json()
 
@@ -172,9 +173,8 @@ async def test_body_that_is_not_json_is_400(relay: Relay, client: httpx.AsyncCli
 
 
 async def test_subscribe_without_a_valid_token_is_401(client: httpx.AsyncClient, db_url: str) -> None:
-    response = await client.post(
-        "/push/subscriptions", json=Browser().subscription(ENDPOINT), headers={"Authorization": "Bearer x.y.z"}
-    )
+    body = Browser().subscription(ENDPOINT)
+    response = await client.post("/push/subscriptions", json=body, headers={"Authorization": "Bearer x.y.z"})
     assert response.status_code == 401 and "error" in response.json()
     assert await stored(db_url) == []
 

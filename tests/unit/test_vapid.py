@@ -6,7 +6,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from relay import cli
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.vapid import VapidSigner, b64url_decode, b64url_encode, parse_private_key, public_key_bytes
+from relay.vapid import (
+    VapidSigner,
+    b64url_decode,
+    b64url_encode,
+    generate_key_pair,
+    parse_private_key,
+    public_key_bytes,
+)
 
 
 def test_vapid_keys_prints_exactly_two_lines_with_a_matching_pair(capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,7 +49,7 @@ def test_malformed_private_key_is_one_line_config_error_naming_the_variable(bad:
 
 
 def test_private_key_without_subject_is_refused() -> None:
-    key = b64url_encode(ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big"))
+    key, _ = generate_key_pair()
     with pytest.raises(ConfigError, match="RELAY_VAPID_SUBJECT"):
         VapidSigner.from_settings(Settings(vapid_private_key=key))
 
