@@ -1,0 +1,192 @@
+"""Web Push throughput from one process: real encryption and VAPID, a local push service.
+
+The push service runs in a child process (so its CPU is not ours) and answers 201 to
+every POST. We measure
+
+* sends/s through ``WebPushSender`` (render, aes128gcm encryption with pywebpush,
+  cached VAPID header, POST with a shared ``httpx.AsyncClient``) at a fixed concurrency;
+* the cost split (encrypt / sign / HTTP) from sequential sends, where the HTTP time is
+  not inflated by other sends' encryption on the same event loop;
+* a bare loop of ``WebPusher.encode`` in the same run: the CPU floor of a send;
+* one uncached VAPID signature (paid once per push-service origin every ~11 h).
+
+``python -m bench.webpush [--sends N] [--concurrency C] [--connections K]``
+
+Note: httpcore's connection pool does O(connections^2) bookkeeping per request, so
+throughput falls as the pool grows (32 connections to one origin: about a third of
+8); keep the push client's pool small, or use HTTP/2 against real push services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import time
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
+from pywebpush import WebPusher
+
+from relay.channels.notification import render
+from relay.channels.webpush import SendCosts, Subscription, WebPushSender
+from relay.vapid import VapidSigner, b64url_encode, public_key_bytes
+
+GOAL = 800.0
+SUBSCRIPTIONS = 50
+DATA = {"id": "clx9bench0001", "merchantId": "m1", "status": "PENDING", "operation": "INSERT", "eventId": 1}
+
+
+class _PushService(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: read each request's headers and Content-Length body, answer 201."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            self.buffer = self.buffer[total:]
+            self.transport.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nLocation: /m/1\r\n\r\n")
+
+
+def _serve(conn: multiprocessing.connection.Connection) -> None:
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_PushService, "127.0.0.1", 0)
+        conn.send(server.sockets[0].getsockname()[1])
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told to stop
+        server.close()
+
+    asyncio.run(main())
+
+
+def _subscriptions(origin: str) -> list[Subscription]:
+    subs = []
+    for i in range(SUBSCRIPTIONS):
+        key = ec.generate_private_key(ec.SECP256R1())
+        p256dh = b64url_encode(public_key_bytes(key))
+        subs.append(Subscription(i, f"{origin}/push/{i}", p256dh, b64url_encode(bytes(16))))
+    return subs
+
+
+async def _measure(port: int, sends: int, concurrency: int, connections: int) -> dict[str, Any]:
+    origin = f"http://127.0.0.1:{port}"
+    subs = _subscriptions(origin)
+    signer = VapidSigner(ec.generate_private_key(ec.SECP256R1()), "mailto:bench@example.com")
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        sender = WebPushSender(signer, client)
+        # Warm up connections and the VAPID cache.
+        await asyncio.gather(*(sender.send(subs[i % len(subs)], "booking_created", DATA) for i in range(50)))
+
+        # Cost split: sequential sends.
+        sender.costs = SendCosts()
+        for i in range(min(sends, 400)):
+            outcome = await sender.send(subs[i % len(subs)], "booking_created", DATA)
+            assert outcome.kind == "success", outcome
+        split = sender.costs.per_send_ms()
+
+        # Throughput: ``concurrency`` sends in flight.
+        sender.costs = SendCosts()
+        queue = iter(range(sends))
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            for i in queue:
+                if (await sender.send(subs[i % len(subs)], "booking_created", DATA)).kind != "success":
+                    failures += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"rate": sends / elapsed, "split": split, "failures": failures}
+
+
+def _encode_floor(sends: int) -> float:
+    """Bare ``WebPusher.encode`` per second: the CPU floor of a send."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    info = {"endpoint": "https://push.example.com/x",
+            "keys": {"p256dh": b64url_encode(public_key_bytes(key)), "auth": b64url_encode(bytes(16))}}
+    plaintext = render("booking_created", DATA)
+    started = time.perf_counter()
+    for _ in range(sends):
+        WebPusher(info).encode(plaintext, content_encoding="aes128gcm")
+    return sends / (time.perf_counter() - started)
+
+
+def _sign_ms(rounds: int = 200) -> float:
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = VapidSigner(key, "mailto:bench@example.com", refresh_before=0)
+    started = time.perf_counter()
+    for i in range(rounds):
+        signer.header_for(f"https://push{i}.example.com/x")  # a new origin: never cached
+    return 1000 * (time.perf_counter() - started) / rounds
+
+
+def run(sends: int = 3000, concurrency: int = 8, connections: int = 8) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    service = ctx.Process(target=_serve, args=(theirs,), daemon=True)
+    service.start()
+    try:
+        port = ours.recv()
+        floor = _encode_floor(sends)
+        result = asyncio.run(_measure(port, sends, concurrency, connections))
+    finally:
+        ours.send("stop")
+        service.join(5)
+        if service.is_alive():
+            service.kill()
+    rate = result["rate"]
+    split = result["split"]
+    floor_ms = 1000 / floor
+    total_ms = sum(split.values())
+    sign_ms = _sign_ms()
+    rows: list[dict[str, Any]] = [
+        {"metric": f"push sends/s, 1 process, {concurrency} in flight, {connections} connections "
+         "(baseline: bare WebPusher.encode/s)",
+         "relay": round(rate), "baseline": round(floor), "ratio": round(rate / floor, 2),
+         "goal": f">= {GOAL:.0f}/s"},
+        {"metric": "push encrypt ms/send (baseline: bare encode)", "relay": round(split["encrypt"], 3),
+         "baseline": round(floor_ms, 3), "ratio": round(split["encrypt"] / floor_ms, 2), "goal": ""},
+        {"metric": "push sign ms/send, cached VAPID (baseline: one uncached signature)",
+         "relay": round(split["sign"], 4), "baseline": round(sign_ms, 3),
+         "ratio": round(split["sign"] / sign_ms, 3), "goal": "cached"},
+        {"metric": "push HTTP ms/send, sequential (baseline: whole send)", "relay": round(split["http"], 3),
+         "baseline": round(total_ms, 3), "ratio": round(split["http"] / total_ms, 2), "goal": ""},
+    ]
+    if result["failures"]:
+        rows.append({"metric": "push sends failed", "relay": result["failures"], "baseline": 0,
+                     "ratio": None, "goal": "0"})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sends", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=8, help="sends in flight")
+    parser.add_argument("--connections", type=int, default=8, help="httpx pool size")
+    args = parser.parse_args()
+    for row in run(args.sends, args.concurrency, args.connections):
+        print(f"{row['metric']:<95} relay={row['relay']!s:>9} baseline={row['baseline']!s:>9} "
+              f"ratio={row['ratio']!s:>6} goal={row['goal']}")
+
+
+if __name__ == "__main__":
+    main()
