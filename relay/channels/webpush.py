@@ -198,11 +198,18 @@ class WebPushChannel:
         await retrying(mark, what="marking a push subscription gone")
 
     async def _record(self, subscription_id: int, success: bool) -> None:
+        """Subscription bookkeeping after a send; never raises, since the push went out and
+        an error here must not make the dispatcher think it did not (a duplicate send)."""
+
         async def write() -> None:
             async with self.pool.acquire() as conn:
                 await conn.execute(q("push_subscription_sent"), subscription_id, success)
 
-        await retrying(write, what="recording a push attempt")
+        try:
+            await retrying(write, what="recording a push attempt")
+        except asyncpg.PostgresError as exc:
+            logger.warning("could not record push attempt on subscription %s: %s", subscription_id, exc,
+                           extra={"channel": self.name})
 
 
 async def prune_push_subscriptions(pool: asyncpg.Pool) -> int:
