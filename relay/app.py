@@ -14,9 +14,13 @@ import uvicorn
 
 from relay import metrics
 from relay.auth import TokenVerifier
+from relay.channels.base import Channel
+from relay.channels.webhook import WebhookChannel
 from relay.channels.webpush import WebPushChannel
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
+from relay.dispatcher import Dispatcher
+from relay.egress import build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
@@ -38,6 +42,8 @@ class Relay:
     push: WebPushChannel | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
+    http_client: httpx.AsyncClient | None = None
+    dispatcher: Dispatcher | None = None
 
     async def readiness_problems(self) -> list[str]:
         problems = []
@@ -97,15 +103,24 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
         verifier = TokenVerifier(settings) if settings.jwt_enabled else None
         if verifier is None:
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
-        # Outgoing HTTP for push (and webhooks): one shared client, closed here.
-        http_client = await stack.enter_async_context(httpx.AsyncClient(timeout=15.0))
-        push = WebPushChannel(settings, pool, http_client) if settings.push_enabled else None
-        if push is None:
-            logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
-        relay = Relay(
-            settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier, push=push
-        )
+        relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
         feed.subscribe(log_events)
+
+        # One SSRF-guarded client for every outgoing request (webhooks, push).
+        http_client = await stack.enter_async_context(build_client(settings.egress_allow))
+        channels: list[Channel] = [WebhookChannel(pool, http_client, stop=relay.stop)]
+        if settings.push_enabled:
+            # Raises ConfigError (one line naming the variable) for a malformed key or subject.
+            relay.push = WebPushChannel(settings, pool, http_client)
+            channels.append(relay.push)
+        else:
+            logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
+        dispatcher = Dispatcher(
+            pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE
+        )
+        feed.subscribe(lambda _events: dispatcher.wake())
+        relay.http_client = http_client
+        relay.dispatcher = dispatcher
 
         server: _Server | None = None
         if serve_http:
@@ -125,6 +140,8 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(feed.run(relay.stop), name="relay-feed")
             tasks.create_task(listener.run(relay.stop), name="relay-listener")
+            tasks.create_task(dispatcher.plan_loop(relay.stop), name="relay-dispatch-plan")
+            tasks.create_task(dispatcher.deliver_loop(relay.stop), name="relay-dispatch-deliver")
             if server is not None:
                 tasks.create_task(server.serve(), name="relay-http")
                 while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on

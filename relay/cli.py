@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from relay import logs
+from relay import logs, webhooks_cli
 from relay.config import Settings, load_settings
 from relay.errors import RelayError
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("vapid-keys", help="print a new VAPID key pair for Web Push").set_defaults(
         func=cmd_vapid_keys
     )
+    webhooks_cli.add_parser(sub)
     return parser
 
 

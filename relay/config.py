@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     reconnect_max_delay: float = Field(default=10.0, gt=0)
     retention_days: float = Field(default=14.0, gt=0)
     endpoint_disable_after_days: float = Field(default=5.0, gt=0)
+    # How long a claimed delivery stays with one process without a renewal; a process
+    # that dies holding deliveries loses them to the others after at most this long.
+    delivery_lease: float = Field(default=25.0, gt=0, le=30.0)
 
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_split)
 

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay import metrics
+from relay.http_webhooks import webhook_routes
 from relay.push_http import push_routes
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         *push_routes(relay),
+        *webhook_routes(relay),
         *(extra_routes or []),
     ]
     return Starlette(routes=routes)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
@@ -21,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from relay.config import IPNetwork, Settings
 from relay.db import q
+from relay.egress import EgressRefused, system_resolver, validate_url
 from relay.errors import ConfigError
 from relay.events import CHANNELS
 from relay.http_auth import authenticate, error
@@ -132,18 +131,23 @@ def invalid(exc: ValidationError) -> JSONResponse:
 
 
 async def endpoint_problem(endpoint: str, allow: list[IPNetwork]) -> str | None:
-    """Why an ``http:`` endpoint is refused: plain HTTP only to hosts inside RELAY_EGRESS_ALLOW."""
+    """Why the egress guard refuses an endpoint: a literal non-public address outside
+    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it."""
+    try:
+        validate_url(endpoint, allow)
+    except EgressRefused as exc:
+        return str(exc)
     parts = urlsplit(endpoint)
     if parts.scheme == "https":
         return None
-    host = parts.hostname or ""
+    refused = "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW)"
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+        resolved = await system_resolver(parts.hostname or "", parts.port or 80)
     except OSError:
-        return "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW; host does not resolve)"
-    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+        return refused + "; the host does not resolve"
+    addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
     if not addresses or not all(any(a in net for net in allow) for a in addresses):
-        return "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW)"
+        return refused
     return None
 
 

@@ -19,6 +19,172 @@ LIMIT $3;
 SELECT coalesce(min(position) - 1, (SELECT last_position FROM relay.sequencer))
 FROM relay.events WHERE position IS NOT NULL;
 
+-- ---------------------------------------------------------------- dispatcher
+
+-- name: cursor_lock
+SELECT position FROM relay.cursors WHERE name = $1 FOR UPDATE;
+
+-- name: cursor_create
+INSERT INTO relay.cursors (name, position)
+SELECT $1, last_position FROM relay.sequencer
+ON CONFLICT (name) DO NOTHING;
+
+-- name: cursor_set
+UPDATE relay.cursors SET position = $2 WHERE name = $1;
+
+-- name: deliveries_claim
+-- Due deliveries of one channel, at most $4 per target and none of the targets in $2
+-- (already saturated in this process). A claim is a lease: next_attempt_at moves to
+-- its end, so a delivery held by a process that died becomes due again by itself.
+-- The outer conditions are re-checked on the locked row version (another process may
+-- have claimed it meanwhile).
+WITH candidates AS (
+    SELECT id, row_number() OVER (PARTITION BY target_id ORDER BY next_attempt_at, id) AS rn
+    FROM (
+        SELECT id, target_id, next_attempt_at
+        FROM relay.deliveries
+        WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+          AND target_id <> ALL ($2::bigint[])
+        ORDER BY next_attempt_at
+        LIMIT $3::int * 10
+    ) due
+), picked AS (
+    SELECT d.id
+    FROM relay.deliveries d JOIN candidates c ON c.id = d.id
+    WHERE c.rn <= $4 AND d.state IN ('pending', 'sending') AND d.next_attempt_at <= now()
+    ORDER BY d.next_attempt_at
+    LIMIT $3
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE relay.deliveries d
+SET state = 'sending', locked_by = $5, locked_until = now() + $6::float8 * interval '1 second',
+    next_attempt_at = now() + $6::float8 * interval '1 second', updated_at = now()
+FROM picked, relay.events e
+WHERE d.id = picked.id AND e.id = d.event_id
+RETURNING d.id, d.event_id, d.channel, d.target_id, d.merchant_id, d.attempts,
+          e.position AS event_position, e.channel AS event_channel, e.merchant_id AS event_merchant_id,
+          e.payload, e.created_at;
+
+-- name: deliveries_renew
+UPDATE relay.deliveries
+SET locked_until = now() + $3::float8 * interval '1 second', next_attempt_at = now() + $3::float8 * interval '1 second'
+WHERE id = ANY ($1::bigint[]) AND locked_by = $2 AND state = 'sending';
+
+-- name: deliveries_record
+-- One attempt per row: state, delay before the next one, and what the target answered.
+UPDATE relay.deliveries d
+SET state = u.state, attempts = d.attempts + 1,
+    next_attempt_at = now() + u.delay * interval '1 second',
+    locked_by = NULL, locked_until = NULL,
+    last_status = u.status, last_error = u.error, last_response_ms = u.ms,
+    completed_at = CASE WHEN u.state IN ('succeeded', 'failed') THEN now() END,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::int[])
+     AS u(id, state, delay, status, error, ms)
+WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $7;
+
+-- name: deliveries_release
+-- Hand claimed deliveries back without using up an attempt (shutdown, a database error
+-- before the send, or a target already busy in this process).
+UPDATE relay.deliveries d
+SET state = 'pending', next_attempt_at = now() + u.delay * interval '1 second',
+    locked_by = NULL, locked_until = NULL, updated_at = now()
+FROM unnest($1::bigint[], $2::float8[]) AS u(id, delay)
+WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $3;
+
+-- name: deliveries_next_due
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+FROM relay.deliveries
+WHERE channel = ANY ($1::text[]) AND state IN ('pending', 'sending');
+
+-- name: deliveries_pending_counts
+SELECT channel, state, count(*) AS n
+FROM relay.deliveries
+WHERE state IN ('pending', 'sending')
+GROUP BY channel, state;
+
+-- name: deliveries_replay_failed
+-- Give failed deliveries a fresh set of attempts: all of them, or only ids in $1
+-- (optionally only those of one endpoint, $2).
+UPDATE relay.deliveries
+SET state = 'pending', attempts = 0, next_attempt_at = now(), completed_at = NULL,
+    locked_by = NULL, locked_until = NULL, updated_at = now()
+WHERE channel = 'webhook'
+  AND ($1::bigint[] IS NULL OR id = ANY ($1::bigint[]))
+  AND ($2::bigint IS NULL OR target_id = $2)
+  AND (state = 'failed' OR ($1::bigint[] IS NOT NULL AND state IN ('succeeded', 'cancelled')))
+RETURNING id;
+
+-- ---------------------------------------------------------------- webhooks
+
+-- name: webhook_plan
+INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id)
+SELECT e.id, 'webhook', w.id, e.merchant_id
+FROM relay.events e
+JOIN relay.webhook_endpoints w
+  ON w.merchant_id = e.merchant_id AND w.enabled
+ AND (w.events IS NULL OR e.channel = ANY (w.events))
+ AND w.created_at <= e.created_at
+WHERE e.position > $1 AND e.position <= $2
+ON CONFLICT (event_id, channel, target_id) DO NOTHING;
+
+-- name: webhook_endpoint
+SELECT id, merchant_id, url, events, secret, previous_secret, previous_secret_expires_at,
+       enabled, disabled_reason, failing_since
+FROM relay.webhook_endpoints WHERE id = $1;
+
+-- name: webhook_add
+INSERT INTO relay.webhook_endpoints (merchant_id, url, events, secret)
+VALUES ($1, $2, $3, $4)
+RETURNING id, merchant_id, url, events, enabled, disabled_reason, failing_since, created_at;
+
+-- name: webhook_list
+SELECT id, merchant_id, url, events, enabled, disabled_reason, disabled_at, failing_since,
+       previous_secret_expires_at, created_at
+FROM relay.webhook_endpoints
+WHERE ($1::text IS NULL OR merchant_id = $1)
+ORDER BY id;
+
+-- name: webhook_delete
+DELETE FROM relay.webhook_endpoints WHERE id = $1 AND merchant_id = $2 RETURNING id;
+
+-- name: webhook_disable
+UPDATE relay.webhook_endpoints
+SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+WHERE id = $1 AND enabled
+RETURNING id;
+
+-- name: webhook_enable
+UPDATE relay.webhook_endpoints
+SET enabled = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL, updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: webhook_rotate
+UPDATE relay.webhook_endpoints
+SET previous_secret = secret, previous_secret_expires_at = now() + $3::float8 * interval '1 second',
+    secret = $2, updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: webhook_failing
+UPDATE relay.webhook_endpoints
+SET failing_since = coalesce(failing_since, now()), updated_at = now()
+WHERE id = $1 AND failing_since IS NULL;
+
+-- name: webhook_recovered
+UPDATE relay.webhook_endpoints
+SET failing_since = NULL, updated_at = now()
+WHERE id = $1 AND failing_since IS NOT NULL;
+
+-- name: webhook_disable_failing
+UPDATE relay.webhook_endpoints
+SET enabled = false, disabled_at = now(), updated_at = now(),
+    disabled_reason = 'failing continuously since ' || to_char(failing_since AT TIME ZONE 'UTC',
+                      'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' (more than ' || $1::float8::text || ' days)'
+WHERE enabled AND failing_since IS NOT NULL AND failing_since < now() - $1::float8 * interval '1 day'
+RETURNING id, merchant_id;
+
 -- name: push_plan
 -- One push delivery per event with $1 < position <= $2 and per live subscription of the
 -- event's merchant whose channels filter (NULL = all) names the event's channel.

@@ -143,6 +143,7 @@ OFF_CURVE = base64.urlsafe_b64encode(b"\x04" + b"\x01" * 64).decode()
         ("endpoint", "http://push.example.com/x", "endpoint"),  # http outside RELAY_EGRESS_ALLOW
         ("endpoint", "ftp://push.example.com/x", "endpoint"),
         ("endpoint", "https://user:pw@push.example.com/x", "endpoint"),
+        ("endpoint", "https://169.254.169.254/latest", "endpoint"),  # egress guard: link-local
         ("channels", ["booking_exploded"], "channels"),
         ("keys", None, "keys"),
     ],

@@ -1,0 +1,213 @@
+"""The merchant webhook channel: signed POSTs per the Standard Webhooks spec.
+
+Body ``{"type","timestamp","data"}``; headers ``webhook-id`` (``evt_<eventId>``, the
+same for every endpoint and every retry), ``webhook-timestamp`` and
+``webhook-signature`` (one ``v1,`` signature per live secret, so both the old and
+the new one during a rotation). What counts as what is decided in
+:func:`outcome_for` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+import asyncpg
+import httpx
+
+from relay.channels.base import Delivery, Outcome
+from relay.db import q, retrying
+from relay.egress import EgressRefused
+from relay.events import Event
+from relay.webhooks import disable_failing_endpoints, sign
+
+__all__ = ["WebhookChannel", "disable_failing_endpoints", "outcome_for", "parse_retry_after"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 15.0
+BODY_CAP = 4096
+CACHE_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: int
+    merchant_id: str
+    url: str
+    secrets: tuple[str, ...]
+    enabled: bool
+    failing: bool
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record, now: datetime) -> Endpoint:
+        live = [row["secret"]]
+        expires = row["previous_secret_expires_at"]
+        if row["previous_secret"] and expires is not None and expires > now:
+            live.append(row["previous_secret"])
+        return cls(
+            id=row["id"],
+            merchant_id=row["merchant_id"],
+            url=row["url"],
+            secrets=tuple(live),
+            enabled=row["enabled"],
+            failing=row["failing_since"] is not None,
+        )
+
+
+def message_id(event: Event) -> str:
+    return f"evt_{event.id}"
+
+
+def body_for(event: Event) -> bytes:
+    timestamp = event.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    message = {"type": event.channel, "timestamp": timestamp, "data": dict(event.data)}
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def signed_headers(endpoint: Endpoint, event: Event, body: bytes, now: float) -> dict[str, str]:
+    msg_id = message_id(event)
+    timestamp = int(now)
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in endpoint.secrets),
+    }
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def outcome_for(status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    """The one place that maps a receiver's answer to an outcome."""
+    if 200 <= status < 300:
+        return Outcome.success(status)
+    text = body[:200].decode("utf-8", "replace").strip()
+    if status == 410:
+        return Outcome("gone", status, "receiver answered 410 Gone")
+    if 300 <= status < 400:
+        where = headers.get("location", "")
+        return Outcome("retry", status, f"redirect to {where[:200]!r} not followed")
+    retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
+    return Outcome("retry", status, f"HTTP {status}" + (f": {text}" if text else ""), retry_after)
+
+
+class WebhookChannel:
+    """Sends webhook deliveries with the shared (SSRF-guarded) client it is handed."""
+
+    name: ClassVar[str] = "webhook"
+    plan_sql: ClassVar[str] = q("webhook_plan")
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: httpx.AsyncClient,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._timeout = timeout
+        self._stop = stop
+        self._cache: dict[int, tuple[float, Endpoint | None]] = {}
+
+    async def endpoint(self, endpoint_id: int) -> Endpoint | None:
+        """The endpoint, read at most once a second (a disable or rotation applies within 1 s)."""
+        cached = self._cache.get(endpoint_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await self._pool.fetchrow(q("webhook_endpoint"), endpoint_id)
+        endpoint = Endpoint.from_row(row, datetime.now(UTC)) if row is not None else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[endpoint_id] = (now + CACHE_SECONDS, endpoint)
+        return endpoint
+
+    async def send(self, delivery: Delivery, event: Event) -> Outcome:
+        # A database error here propagates: the dispatcher hands the delivery back
+        # without using up an attempt.
+        endpoint = await self.endpoint(delivery.target_id)
+        if endpoint is None:
+            return Outcome("permanent", None, "endpoint deleted")
+        if not endpoint.enabled:
+            return Outcome("permanent", None, "endpoint disabled")
+        body = body_for(event)
+        headers = signed_headers(endpoint, event, body, time.time())
+        outcome = await self._post(endpoint, headers, body)
+        await self._track_streak(endpoint, outcome)
+        return outcome
+
+    async def _post(self, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> Outcome:
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._client.stream(
+                    "POST", endpoint.url, content=body, headers=headers, timeout=self._timeout
+                ) as response:
+                    received = bytearray()
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+                        if len(received) >= BODY_CAP:
+                            break
+                    return outcome_for(response.status_code, response.headers, bytes(received))
+        except EgressRefused as exc:
+            return Outcome("retry", None, f"refused: {exc}")
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome("retry", None, f"timed out after {self._timeout:g} s")
+        except httpx.HTTPError as exc:
+            return Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _track_streak(self, endpoint: Endpoint, outcome: Outcome) -> None:
+        """Keep ``failing_since``: set at the first failure of a streak, cleared by a success."""
+        failed = outcome.kind != "success"
+        if failed == endpoint.failing:
+            return
+        query = q("webhook_failing") if failed else q("webhook_recovered")
+
+        async def write() -> None:
+            await self._pool.execute(query, endpoint.id)
+
+        try:
+            await retrying(write, what="recording the endpoint's failure streak", stop=self._stop)
+        except (asyncpg.PostgresError, OSError) as exc:
+            logger.warning("cannot record endpoint %s streak: %s", endpoint.id, exc)
+            return
+        cached = self._cache.get(endpoint.id)
+        if cached is not None and cached[1] is not None:
+            self._cache[endpoint.id] = (cached[0], replace(cached[1], failing=failed))
+
+    async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
+        reason = f"receiver answered {outcome.status} Gone" if outcome.status else "receiver is gone"
+
+        async def disable() -> Any:
+            return await self._pool.fetchval(q("webhook_disable"), delivery.target_id, reason)
+
+        if await retrying(disable, what="disabling a gone endpoint", stop=self._stop) is not None:
+            logger.warning(
+                "webhook endpoint %s disabled: %s",
+                delivery.target_id,
+                reason,
+                extra={"merchant_id": delivery.merchant_id, "delivery_id": delivery.id, "channel": self.name},
+            )
+        self._cache.pop(delivery.target_id, None)

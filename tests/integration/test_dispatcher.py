@@ -1,0 +1,149 @@
+"""The generic dispatcher, with a fake channel: attempts, per-target fairness, failure streaks."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import ClassVar
+
+import asyncpg
+from starlette.responses import Response
+from webhook_receiver import (
+    LOOPBACK,
+    Received,
+    booking,
+    running,
+    running_dispatcher,
+    wait_rows,
+    write_bookings,
+)
+
+from relay.channels.base import Delivery, Outcome
+from relay.db import create_pool
+from relay.dispatcher import Dispatcher
+from relay.events import Event
+from relay.retry import RetrySchedule
+from relay.webhooks import add_endpoint, disable_failing_endpoints, enable_endpoint
+
+
+class FakeChannel:
+    """Targets: 1 for bookings named slow*, 2 for the others."""
+
+    name: ClassVar[str] = "fake"
+    plan_sql: ClassVar[str] = """
+        INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id)
+        SELECT id, 'fake', CASE WHEN booking_id LIKE 'slow%' THEN 1 ELSE 2 END, merchant_id
+        FROM relay.events WHERE position > $1 AND position <= $2
+        ON CONFLICT DO NOTHING
+    """
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[int] = collections.Counter()
+        self.sent: asyncio.Queue[Event] = asyncio.Queue()
+        self.release_slow = asyncio.Event()
+        self.fail_db_first = False
+
+    async def send(self, delivery: Delivery, event: Event) -> Outcome:
+        self.calls[delivery.id] += 1
+        if self.fail_db_first and self.calls[delivery.id] == 1:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+        if delivery.target_id == 1:
+            await self.release_slow.wait()
+        self.sent.put_nowait(event)
+        return Outcome.success(200)
+
+    async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
+        raise AssertionError("not expected")
+
+
+async def _run(
+    db_url: str, channel: FakeChannel, **kwargs: object
+) -> tuple[asyncpg.Pool, asyncio.Event, list[asyncio.Task[None]], Dispatcher]:
+    pool = await create_pool(db_url)
+    stop = asyncio.Event()
+    dispatcher = Dispatcher(pool, [channel], RetrySchedule.parse("0,100ms"), poll_interval=0.1, **kwargs)  # type: ignore[arg-type]
+    tasks = [
+        asyncio.create_task(dispatcher.plan_loop(stop)),
+        asyncio.create_task(dispatcher.deliver_loop(stop)),
+    ]
+    await dispatcher.started.wait()
+    return pool, stop, tasks, dispatcher
+
+
+async def test_a_database_error_before_the_send_does_not_use_up_an_attempt(db_url: str) -> None:
+    channel = FakeChannel()
+    channel.fail_db_first = True
+    pool, stop, tasks, _ = await _run(db_url, channel)
+    try:
+        await write_bookings(db_url, booking("b1", "m1"))
+        await asyncio.wait_for(channel.sent.get(), 10)
+        rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "succeeded")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await pool.close()
+    assert list(channel.calls.values()) == [2]
+    assert rows[0]["attempts"] == 1  # the schedule allows 2; the DB error did not count
+
+
+async def test_one_slow_target_does_not_stall_the_others(db_url: str) -> None:
+    channel = FakeChannel()
+    pool, stop, tasks, _ = await _run(db_url, channel, concurrency=16, per_target=2, batch=20)
+    try:
+        await write_bookings(db_url, *(booking(f"slow{i}", "m1") for i in range(60)))
+        await write_bookings(db_url, *(booking(f"fast{i}", "m1") for i in range(20)))
+        fast = [await asyncio.wait_for(channel.sent.get(), 10) for _ in range(20)]
+        assert all(str(e.data["id"]).startswith("fast") for e in fast)
+        channel.release_slow.set()
+        rest = [await asyncio.wait_for(channel.sent.get(), 10) for _ in range(60)]
+        assert all(str(e.data["id"]).startswith("slow") for e in rest)
+    finally:
+        channel.release_slow.set()
+        stop.set()
+        await asyncio.gather(*tasks)
+        await pool.close()
+
+
+async def test_failure_streaks_are_tracked_and_long_ones_disable_the_endpoint(db_url: str) -> None:
+    answers = collections.deque([500, 204])
+
+    async def script(_item: Received) -> Response:
+        return Response(status_code=answers.popleft() if answers else 204)
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with running(script) as receiver, running_dispatcher(db_url, schedule="0,300ms") as _d:
+            endpoint, _ = await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await write_bookings(db_url, booking("b1", "m1"))
+            await receiver.get()
+            await wait_rows(db_url, lambda rows: rows and rows[0]["attempts"] == 1)
+            failing = await conn.fetchval(
+                "SELECT failing_since FROM relay.webhook_endpoints WHERE id = $1", endpoint["id"]
+            )
+            assert failing is not None
+            await receiver.get()
+            await wait_rows(db_url, lambda rows: rows[0]["state"] == "succeeded")
+        assert (
+            await conn.fetchval(
+                "SELECT failing_since FROM relay.webhook_endpoints WHERE id = $1", endpoint["id"]
+            )
+            is None
+        )
+
+        await conn.execute(
+            "UPDATE relay.webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = $1",
+            endpoint["id"],
+        )
+        pool = await create_pool(db_url)
+        try:
+            assert await disable_failing_endpoints(pool, 5) == 1
+            assert await disable_failing_endpoints(pool, 5) == 0
+        finally:
+            await pool.close()
+        row = await conn.fetchrow("SELECT * FROM relay.webhook_endpoints WHERE id = $1", endpoint["id"])
+        assert row["enabled"] is False and "failing continuously" in row["disabled_reason"]
+        assert await enable_endpoint(conn, endpoint["id"])
+        row = await conn.fetchrow("SELECT * FROM relay.webhook_endpoints WHERE id = $1", endpoint["id"])
+        assert row["enabled"] is True and row["failing_since"] is None and row["disabled_reason"] is None
+    finally:
+        await conn.close()
