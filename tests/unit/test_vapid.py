@@ -75,3 +75,12 @@ def test_header_is_cached_per_origin_until_shortly_before_exp() -> None:
 def test_token_lifetime_beyond_24h_is_refused() -> None:
     with pytest.raises(ValueError):
         VapidSigner(ec.generate_private_key(ec.SECP256R1()), "mailto:a@b.c", lifetime=24 * 3600 + 1)
+
+
+def test_relay_check_fails_on_a_malformed_vapid_key() -> None:
+    from relay.check import push_key_problems
+
+    good, _ = generate_key_pair()
+    assert push_key_problems(Settings(vapid_private_key=good, vapid_subject="mailto:a@b.co")) == []
+    [(status, message)] = push_key_problems(Settings(vapid_private_key="abc", vapid_subject="mailto:a@b.co"))
+    assert status == "fail" and "RELAY_VAPID_PRIVATE_KEY" in message
