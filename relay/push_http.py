@@ -11,6 +11,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
+import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay.config import IPNetwork, Settings
-from relay.db import q
+from relay.db import TRANSIENT_ERRORS, q
 from relay.egress import EgressRefused, system_resolver, validate_url
 from relay.errors import ConfigError
 from relay.events import CHANNELS
@@ -178,6 +179,13 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
         return JSONResponse({"publicKey": public_key})
 
     async def subscriptions(request: Request) -> Response:
+        try:
+            return await _subscriptions(request)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            logger.warning("push subscriptions: database error (%s: %s)", type(exc).__name__, exc)
+            return error(503, "database unavailable; try again")
+
+    async def _subscriptions(request: Request) -> Response:
         if public_key is None:
             return error(503, PUSH_OFF)
         claims = authenticate(request, relay.verifier)

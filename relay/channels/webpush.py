@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 import asyncpg
 import httpx
-from pywebpush import WebPusher
+from py_vapid import VapidException
+from pywebpush import WebPusher, WebPushException
 
 from relay.channels.base import Delivery, Outcome
 from relay.channels.notification import render, topic_for, urgency_for
@@ -129,7 +130,10 @@ class WebPushSender:
         return self.client.build_request("POST", subscription.endpoint, content=body, headers=headers)
 
     async def send(self, subscription: Subscription, channel: str, data: Mapping[str, Any]) -> Outcome:
-        request = self.prepare(subscription, channel, data)
+        try:
+            request = self.prepare(subscription, channel, data)
+        except (WebPushException, VapidException, ValueError) as exc:  # a row no browser made
+            return Outcome("permanent", None, f"cannot encrypt or sign for this subscription: {exc}")
         started = time.perf_counter()
         try:
             response = await self.client.send(request)

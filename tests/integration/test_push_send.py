@@ -253,3 +253,13 @@ async def test_prune_deletes_gone_and_expired_subscriptions_and_cancels_their_de
     assert [r["id"] for r in left] == [live]
     states = dict(await env.conn.fetch("SELECT target_id, state FROM relay.deliveries"))
     assert states == {live: "pending", gone: "cancelled", expiring: "cancelled"}
+
+
+async def test_a_corrupt_subscription_row_is_a_permanent_failure_not_a_crash(env: Env) -> None:
+    await env.subscribe(Browser())
+    await env.conn.execute("UPDATE relay.push_subscriptions SET p256dh = 'AAAA'")  # not a browser's key
+    [event] = await env.book(CREATE, "b1", "m1")
+    [delivery] = await env.plan()
+    outcome = await env.channel.send(delivery, event)
+    assert outcome.kind == "permanent" and "cannot encrypt" in outcome.detail
+    assert await nothing_received(env.service)
