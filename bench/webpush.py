@@ -3,6 +3,10 @@
 The push service runs in a child process (so its CPU is not ours) and answers 201 to
 every POST. We measure
 
+* deliveries/s end to end in one relay process (``app.start``: trigger, dispatcher,
+  push channel with its database lookups) for a burst of bookings committed at once,
+  50 subscriptions each; the database is ``BENCH_DATABASE_URL`` / ``DATABASE_URL`` or an
+  embedded server;
 * sends/s through ``WebPushSender`` (render, aes128gcm encryption with pywebpush,
   cached VAPID header, POST with a shared ``httpx.AsyncClient``) at a fixed concurrency;
 * the cost split (encrypt / sign / HTTP) from sequential sends, where the HTTP time is
@@ -22,21 +26,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import multiprocessing
 import multiprocessing.connection
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPusher
 
+from relay import app
 from relay.channels.notification import render
 from relay.channels.webpush import SendCosts, Subscription, WebPushSender
+from relay.config import Settings
+from relay.db import migrate
 from relay.egress import build_client
-from relay.vapid import VapidSigner, b64url_encode, public_key_bytes
+from relay.vapid import VapidSigner, b64url_encode, generate_key_pair, public_key_bytes
 
 GOAL = 800.0
+BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 SUBSCRIPTIONS = 50
 DATA = {"id": "clx9bench0001", "merchantId": "m1", "status": "PENDING", "operation": "INSERT", "eventId": 1}
 
@@ -142,6 +158,79 @@ def _sign_ms(rounds: int = 200) -> float:
     return 1000 * (time.perf_counter() - started) / rounds
 
 
+@contextlib.contextmanager
+def _database() -> Iterator[str]:
+    """A scratch database: in ``BENCH_DATABASE_URL`` / ``DATABASE_URL`` when set, else embedded."""
+    from relay.embedded import EmbeddedPostgres
+
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "pgdata", durable=False)
+    pg.start()
+    try:
+        yield pg.url
+    finally:
+        pg.destroy()
+        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
+
+
+async def _scratch(admin_url: str) -> str:
+    name = f"relay_bench_push_{os.getpid()}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(BOOKING)
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def _measure_e2e(admin_url: str, port: int, sends: int) -> float:
+    """Deliveries/s through ``app.start`` (dispatcher + push channel): a burst of bookings
+    committed at once, until every delivery is recorded as succeeded."""
+    url = await _scratch(admin_url)
+    private, _ = generate_key_pair()
+    settings = Settings(  # type: ignore[call-arg]
+        database_url=url, vapid_private_key=private, vapid_subject="mailto:bench@example.com",
+        egress_allow="127.0.0.0/8", http_host="127.0.0.1", http_port=0,
+    )
+    origin = f"http://127.0.0.1:{port}"
+    bookings = max(sends // SUBSCRIPTIONS, 1)
+    async with app.start(settings, serve_http=False) as relay:
+        assert relay.dispatcher is not None
+        await relay.dispatcher.started.wait()
+        async with relay.pool.acquire() as conn:
+            await conn.executemany(
+                """INSERT INTO relay.push_subscriptions (merchant_id, user_id, endpoint, p256dh, auth)
+                   VALUES ('m1', 'u1', $1, $2, $3)""",
+                [(s.endpoint, s.p256dh, s.auth) for s in _subscriptions(origin)],
+            )
+            started = time.perf_counter()
+            async with conn.transaction():
+                await conn.executemany(
+                    """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'm1', 'PENDING')""",
+                    [(f"b{i}",) for i in range(bookings)],
+                )
+            expected = bookings * SUBSCRIPTIONS
+            while await conn.fetchval(
+                "SELECT count(*) FROM relay.deliveries WHERE state = 'succeeded'"
+            ) < expected:
+                if time.perf_counter() - started > 120:
+                    raise RuntimeError("push deliveries did not finish within 120 s")
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+    return expected / elapsed
+
+
 def run(sends: int = 3000, concurrency: int = 8, connections: int = 8) -> list[dict[str, Any]]:
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
@@ -151,6 +240,8 @@ def run(sends: int = 3000, concurrency: int = 8, connections: int = 8) -> list[d
         port = ours.recv()
         floor = _encode_floor(sends)
         result = asyncio.run(_measure(port, sends, concurrency, connections))
+        with _database() as admin_url:
+            e2e = asyncio.run(_measure_e2e(admin_url, port, sends))
     finally:
         ours.send("stop")
         service.join(5)
@@ -166,6 +257,9 @@ def run(sends: int = 3000, concurrency: int = 8, connections: int = 8) -> list[d
          "(baseline: bare WebPusher.encode/s)",
          "relay": round(rate), "baseline": round(floor), "ratio": round(rate / floor, 2),
          "goal": f">= {GOAL:.0f}/s"},
+        {"metric": "push deliveries/s end to end: commit -> dispatcher -> push service "
+         "(baseline: bare encode/s)", "relay": round(e2e), "baseline": round(floor),
+         "ratio": round(e2e / floor, 2), "goal": f">= {GOAL:.0f}/s"},
         {"metric": "push encrypt ms/send (baseline: bare encode)", "relay": round(split["encrypt"], 3),
          "baseline": round(floor_ms, 3), "ratio": round(split["encrypt"] / floor_ms, 2), "goal": ""},
         {"metric": "push sign ms/send, cached VAPID (baseline: one uncached signature)",

@@ -199,7 +199,8 @@ WHERE e.position > $1 AND e.position <= $2
 ON CONFLICT DO NOTHING;
 
 -- name: push_subscription
-SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time
+SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
+       failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
 FROM relay.push_subscriptions WHERE id = $1;
 
 -- name: push_subscription_upsert
