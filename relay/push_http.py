@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 PUSH_OFF = "Web Push is off: set RELAY_VAPID_PRIVATE_KEY and RELAY_VAPID_SUBJECT (see `relay vapid-keys`)"
 MAX_ENDPOINT = 2048
 MAX_BODY = 16 * 1024
+MAX_EXPIRATION_MS = 253402300799000  # 9999-12-31, as PushSubscription.expirationTime (ms)
 
 
 class SubscriptionKeys(BaseModel):
@@ -74,7 +75,7 @@ class SubscriptionIn(BaseModel):
 
     endpoint: Annotated[str, Field(max_length=MAX_ENDPOINT)]
     keys: SubscriptionKeys
-    expirationTime: Annotated[float, Field(ge=0)] | None = None
+    expirationTime: Annotated[float, Field(ge=0, le=MAX_EXPIRATION_MS)] | None = None
     channels: list[str] | None = None
 
     @field_validator("endpoint")
@@ -153,9 +154,11 @@ async def endpoint_problem(endpoint: str, allow: list[IPNetwork]) -> str | None:
 
 
 async def _json_body(request: Request) -> object | Response:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return error(413, f"body larger than {MAX_BODY} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return error(413, f"body larger than {MAX_BODY} bytes")
     try:
         parsed: object = json.loads(body)
     except ValueError:
@@ -186,6 +189,10 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
             return error(503, "database unavailable; try again")
 
     async def _subscriptions(request: Request) -> Response:
+        if request.method not in ("POST", "DELETE"):
+            response = error(405, "use POST to subscribe or DELETE to unsubscribe")
+            response.headers["Allow"] = "POST, DELETE"
+            return response
         if public_key is None:
             return error(503, PUSH_OFF)
         claims = authenticate(request, relay.verifier)
@@ -235,7 +242,8 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
 
     return [
         Route("/push/vapid-public-key", vapid_public_key, methods=["GET"]),
-        Route("/push/subscriptions", subscriptions, methods=["POST", "DELETE"]),
+        # Every method, so a wrong one gets a JSON 405 rather than Starlette's plain text.
+        Route("/push/subscriptions", subscriptions, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/sw.js", _static("sw.js", {"Service-Worker-Allowed": "/", "Cache-Control": "no-cache"})),
         Route("/static/push.js", _static("push.js", {"Cache-Control": "no-cache"})),
     ]

@@ -146,6 +146,8 @@ OFF_CURVE = base64.urlsafe_b64encode(b"\x04" + b"\x01" * 64).decode()
         ("endpoint", "https://169.254.169.254/latest", "endpoint"),  # egress guard: link-local
         ("channels", ["booking_exploded"], "channels"),
         ("keys", None, "keys"),
+        ("expirationTime", 1e20, "expirationTime"),
+        ("expirationTime", "tomorrow", "expirationTime"),
     ],
 )
 async def test_invalid_subscription_is_422_naming_the_field_and_nothing_is_stored(
@@ -209,3 +211,13 @@ async def test_service_worker_and_subscribe_snippet_are_served(client: httpx.Asy
     assert "addEventListener(\"push\"" in sw.text and "notificationclick" in sw.text
     assert snippet.status_code == 200 and "pushManager.subscribe" in snippet.text
     assert "/push/vapid-public-key" in snippet.text and "/push/subscriptions" in snippet.text
+
+
+async def test_wrong_method_and_oversized_body_get_json_errors(
+    relay: Relay, client: httpx.AsyncClient
+) -> None:
+    wrong = await client.get("/push/subscriptions", headers=auth(relay))
+    assert wrong.status_code == 405 and "error" in wrong.json()
+    body = b"[" + b"1," * 20_000 + b"1]"
+    huge = await client.post("/push/subscriptions", content=body, headers=auth(relay))
+    assert huge.status_code == 413 and "error" in huge.json()
