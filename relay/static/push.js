@@ -31,7 +31,7 @@
     const response = await fetch(base + path, {
       method: method,
       headers: Object.assign(
-        { "Content-Type": "application/json" },
+        body === undefined ? {} : { "Content-Type": "application/json" },
         token ? { Authorization: "Bearer " + token } : {}
       ),
       body: body === undefined ? undefined : JSON.stringify(body),
