@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from py_vapid import Vapid02, VapidException
+from py_vapid import Vapid02
 
 from relay.config import Settings
 from relay.errors import ConfigError
@@ -62,6 +62,20 @@ def parse_private_key(text: str) -> ec.EllipticCurvePrivateKey:
         raise ConfigError(f"invalid setting RELAY_VAPID_PRIVATE_KEY: {KEY_HELP} ({exc})") from None
 
 
+def subject_problem(subject: str) -> str | None:
+    """Why ``subject`` is not a usable VAPID contact (RFC 8292: a mailto: or https: URI)."""
+    if subject.startswith("mailto:"):
+        local, _, domain = subject.removeprefix("mailto:").partition("@")
+        if not local or not domain or any(c.isspace() for c in subject):
+            return "a mailto: subject needs an address, e.g. mailto:ops@example.com"
+        return None
+    if subject.startswith("https:"):
+        if not urlsplit(subject).hostname:
+            return "an https: subject needs a host, e.g. https://example.com/contact"
+        return None
+    return "must start with mailto: or https:"
+
+
 def origin_of(url: str) -> str:
     """The push service origin, the ``aud`` of its VAPID token: scheme://host[:port]."""
     parts = urlsplit(url)
@@ -94,7 +108,9 @@ class VapidSigner:
     ) -> None:
         if not 0 < lifetime <= 24 * 3600 or not 0 <= refresh_before < lifetime:
             raise ValueError("VAPID token lifetime must be within 24 h and exceed the refresh margin")
-        self._vapid = Vapid02(private_key)
+        # Our own subject check (subject_problem) replaces py-vapid's, which refuses https
+        # subjects with a path although RFC 8292 allows any https URL.
+        self._vapid = Vapid02(private_key, conf={"no-strict": True})
         self.subject = subject
         self.public_key = b64url_encode(public_key_bytes(private_key))
         self._lifetime = lifetime
@@ -114,14 +130,10 @@ class VapidSigner:
                 "RELAY_VAPID_SUBJECT is missing: set a mailto: or https: contact (required with "
                 "RELAY_VAPID_PRIVATE_KEY)"
             )
-        signer = cls(key, settings.vapid_subject)
-        try:
-            signer.header_for("https://push.example.com/probe")
-        except VapidException as exc:
-            raise ConfigError(f"invalid setting RELAY_VAPID_SUBJECT: {exc}") from None
-        signer._cache.clear()
-        signer.signatures = 0
-        return signer
+        problem = subject_problem(settings.vapid_subject)
+        if problem:
+            raise ConfigError(f"invalid setting RELAY_VAPID_SUBJECT: {problem}")
+        return cls(key, settings.vapid_subject)
 
     def header_for(self, endpoint: str) -> str:
         """The ``Authorization: vapid t=…,k=…`` value for a subscription endpoint."""

@@ -84,3 +84,19 @@ def test_relay_check_fails_on_a_malformed_vapid_key() -> None:
     assert push_key_problems(Settings(vapid_private_key=good, vapid_subject="mailto:a@b.co")) == []
     [(status, message)] = push_key_problems(Settings(vapid_private_key="abc", vapid_subject="mailto:a@b.co"))
     assert status == "fail" and "RELAY_VAPID_PRIVATE_KEY" in message
+
+
+@pytest.mark.parametrize(
+    "subject", ["mailto:ops@example.com", "https://example.com", "https://shop.example/push/contact"]
+)
+def test_mailto_and_https_subjects_are_accepted_and_signed(subject: str) -> None:
+    key, _ = generate_key_pair()
+    signer = VapidSigner.from_settings(Settings(vapid_private_key=key, vapid_subject=subject))
+    assert signer.header_for("https://push.example.com/x").startswith("vapid t=")
+
+
+@pytest.mark.parametrize("subject", ["mailto:", "mailto:ops", "https://", "https:nohost"])
+def test_unusable_subject_is_a_config_error(subject: str) -> None:
+    key, _ = generate_key_pair()
+    with pytest.raises(ConfigError, match="RELAY_VAPID_SUBJECT"):
+        VapidSigner.from_settings(Settings(vapid_private_key=key, vapid_subject=subject))
