@@ -108,7 +108,9 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
 
         # One SSRF-guarded client for every outgoing request (webhooks, push).
         http_client = await stack.enter_async_context(build_client(settings.egress_allow))
-        channels: list[Channel] = [WebhookChannel(pool, http_client, stop=relay.stop)]
+        channels: list[Channel] = [
+            WebhookChannel(pool, http_client, timeout=settings.webhook_timeout, stop=relay.stop)
+        ]
         if settings.push_enabled:
             # Raises ConfigError (one line naming the variable) for a malformed key or subject.
             relay.push = WebPushChannel(settings, pool, http_client)

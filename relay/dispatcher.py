@@ -61,10 +61,10 @@ class Dispatcher:
         channels: Sequence[Channel],
         schedule: RetrySchedule,
         *,
-        concurrency: int = 200,
+        concurrency: int = 128,
         per_target: int = 8,
         batch: int = 200,
-        plan_batch: int = 1000,
+        plan_batch: int = 200,
         lease: float = 25.0,
         poll_interval: float = 1.0,
         grace: float = 5.0,
@@ -192,21 +192,28 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
         claimed: list[tuple[Delivery, Event]] = []
-        async with self._pool.acquire() as conn:
-            for name in self._channels:
-                if len(claimed) >= limit:
-                    break
-                saturated = [t for (c, t), n in self._held_per_target.items() if c == name and n >= self._cap]
-                rows = await conn.fetch(
-                    q("deliveries_claim"),
-                    name,
-                    saturated,
-                    limit - len(claimed),
-                    self._cap,
-                    self.worker_id,
-                    self._lease,
-                )
-                claimed.extend(self._hold(row) for row in rows)
+        try:
+            async with self._pool.acquire() as conn:
+                for name in self._channels:
+                    if len(claimed) >= limit:
+                        break
+                    saturated = [
+                        t for (c, t), n in self._held_per_target.items() if c == name and n >= self._cap
+                    ]
+                    rows = await conn.fetch(
+                        q("deliveries_claim"),
+                        name,
+                        saturated,
+                        limit - len(claimed),
+                        self._cap,
+                        self.worker_id,
+                        self._lease,
+                    )
+                    claimed.extend(self._hold(row) for row in rows)
+        except TRANSIENT_ERRORS:
+            if not claimed:
+                raise
+            # What an earlier channel's claim committed is held here now: send it.
         # The claim allows up to a cap per target, not counting what this process already
         # holds for it: hand the excess straight back.
         over: list[Delivery] = []

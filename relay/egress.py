@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -148,6 +149,8 @@ def validate_url(url: str, allow: Sequence[IPNetwork] = ()) -> str:
     except httpx.InvalidURL as exc:
         raise EgressRefused(f"url is not valid: {exc}") from None
     addr = literal_address(host)
+    if addr is None and (host == "localhost" or host.endswith(".localhost")):
+        addr = ipaddress.ip_address("127.0.0.1")  # RFC 6761: always loopback
     if addr is not None:
         check_address(addr, allow, host)
     return url
@@ -231,11 +234,33 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._backend.sleep(seconds)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
+class _GuardedPool(httpx.AsyncHTTPTransport):
     """httpx's default transport with its connection pool on a :class:`GuardedBackend`.
 
     httpx 0.28 offers no public parameter for the network backend (encode/httpx#3749),
     so the pool is rebuilt with the same settings and our backend.
+    """
+
+    def __init__(self, backend: GuardedBackend, *, limits: httpx.Limits, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=backend,
+        )
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """The SSRF-guarded transport, spread over several connection pools.
+
+    httpcore's pool does work proportional to its open connections for every request,
+    which makes one large pool slow at a few hundred concurrent requests; requests are
+    spread over ``shards`` smaller pools by destination (scheme, host, port and path),
+    so an endpoint's keep-alive connections stay in one of them.
     """
 
     def __init__(
@@ -245,18 +270,29 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits,
         verify: ssl.SSLContext | bool = True,
         resolver: Resolver = system_resolver,
+        shards: int = 16,
     ) -> None:
-        super().__init__(verify=verify, limits=limits, trust_env=False)
-        ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
+        backend = GuardedBackend(allow, resolver=resolver)
+        per_shard = httpx.Limits(
+            max_connections=max(1, -(-(limits.max_connections or 512) // shards)),
+            max_keepalive_connections=max(1, -(-(limits.max_keepalive_connections or 512) // shards)),
             keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=GuardedBackend(allow, resolver=resolver),
         )
+        context = (
+            verify
+            if isinstance(verify, ssl.SSLContext)
+            else httpx.create_ssl_context(verify, trust_env=False)
+        )
+        self._shards = [_GuardedPool(backend, limits=per_shard, ssl_context=context) for _ in range(shards)]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        key = b"%s|%s|%d|%s" % (url.raw_scheme, url.raw_host, url.port or 0, url.raw_path.split(b"?")[0])
+        return await self._shards[zlib.crc32(key) % len(self._shards)].handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
 
 
 def build_client(

@@ -109,7 +109,7 @@ class LocalPushService:
         config = uvicorn.Config(self, host="127.0.0.1", port=0, log_config=None, lifespan="off")
         server = _Server(config)
         task = asyncio.create_task(server.serve())
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        while not server.started:
             await asyncio.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1]
         try:

@@ -86,7 +86,7 @@ class Receiver:
         )
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:  # noqa: ASYNC110
+        while not self._server.started:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
@@ -250,7 +250,7 @@ class RelayProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 15
-            while self.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a child process
+            while self.proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if self.proc.poll() is None:
                 self.proc.kill()

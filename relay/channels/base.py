@@ -49,7 +49,15 @@ class Channel(Protocol):
     # one row per matching target; ON CONFLICT DO NOTHING.
     plan_sql: ClassVar[str]
 
-    async def send(self, delivery: Delivery, event: Event) -> Outcome: ...
+    async def send(self, delivery: Delivery, event: Event) -> Outcome:
+        """Make one attempt and say how it went.
+
+        Raise a database error (``relay.db.TRANSIENT_ERRORS`` or ``asyncpg.PostgresError``)
+        only before anything was sent (e.g. while loading the target): the dispatcher
+        then hands the delivery back without using up an attempt. Any other exception
+        is logged and counts as a failed attempt.
+        """
+        ...
 
     async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
         """Record that the target is dead (called for ``gone`` outcomes)."""

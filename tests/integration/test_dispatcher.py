@@ -8,7 +8,14 @@ from typing import ClassVar
 
 import asyncpg
 from starlette.responses import Response
-from webhook_receiver import (
+
+from relay.channels.base import Delivery, Outcome
+from relay.db import create_pool
+from relay.dispatcher import Dispatcher
+from relay.events import Event
+from relay.retry import RetrySchedule
+from relay.webhooks import add_endpoint, disable_failing_endpoints, enable_endpoint
+from tests.webhook_receiver import (
     LOOPBACK,
     Received,
     booking,
@@ -17,13 +24,6 @@ from webhook_receiver import (
     wait_rows,
     write_bookings,
 )
-
-from relay.channels.base import Delivery, Outcome
-from relay.db import create_pool
-from relay.dispatcher import Dispatcher
-from relay.events import Event
-from relay.retry import RetrySchedule
-from relay.webhooks import add_endpoint, disable_failing_endpoints, enable_endpoint
 
 
 class FakeChannel:
@@ -147,3 +147,48 @@ async def test_failure_streaks_are_tracked_and_long_ones_disable_the_endpoint(db
         assert row["enabled"] is True and row["failing_since"] is None and row["disabled_reason"] is None
     finally:
         await conn.close()
+
+
+async def test_recording_retries_through_dropped_connections_without_a_second_send(db_url: str) -> None:
+    killer = await asyncpg.connect(db_url)
+
+    async def drop_relay_connections_then_accept(_item: Received) -> Response:
+        # Every pooled connection of the dispatcher dies between "sent" and "recorded".
+        await killer.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'relay' AND datname = current_database()"
+        )
+        return Response(status_code=204)
+
+    try:
+        async with (
+            running(drop_relay_connections_then_accept) as receiver,
+            running_dispatcher(db_url, schedule="0,100ms,100ms") as _d,
+        ):
+            await add_endpoint(killer, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await write_bookings(db_url, booking("b1", "m1"))
+            await receiver.get()
+            rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "succeeded")
+            assert await receiver.nothing_within(0.5)
+    finally:
+        await killer.close()
+    assert rows[0]["attempts"] == 1 and rows[0]["last_status"] == 204
+    assert len(receiver.all) == 1
+
+
+async def test_outcomes_are_counted_in_the_metrics(db_url: str) -> None:
+    from relay import metrics
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_success = value("relay_deliveries_total", channel="webhook", outcome="success")
+    before_seconds = value("relay_delivery_seconds_count", channel="webhook")
+    async with running() as receiver, running_dispatcher(db_url) as _d:
+        conn = await asyncpg.connect(db_url)
+        await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+        await conn.close()
+        await write_bookings(db_url, booking("b1", "m1"), booking("b2", "m1"))
+        await wait_rows(db_url, lambda rows: len(rows) == 2 and all(r["state"] == "succeeded" for r in rows))
+    assert value("relay_deliveries_total", channel="webhook", outcome="success") == before_success + 2
+    assert value("relay_delivery_seconds_count", channel="webhook") == before_seconds + 2

@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
-from conftest import make_settings
-from pushservice import Browser, LocalPushService, Received
 
 from relay import app
 from relay.app import Relay
 from relay.auth import mint_token
 from relay.vapid import generate_key_pair
+from tests.conftest import make_settings
+from tests.pushservice import Browser, LocalPushService, Received
 
 PRIVATE, _PUBLIC = generate_key_pair()
 FAST = "0,100ms,100ms,100ms,100ms"

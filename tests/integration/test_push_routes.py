@@ -7,8 +7,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from conftest import make_settings
-from pushservice import Browser, b64url
 
 from relay import app
 from relay.app import Relay
@@ -16,6 +14,8 @@ from relay.auth import mint_token
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.vapid import generate_key_pair
+from tests.conftest import make_settings
+from tests.pushservice import Browser, b64url
 
 PRIVATE, PUBLIC = generate_key_pair()
 PUSH = {

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
-from conftest import make_settings
-from pushservice import Browser, LocalPushService, verify_vapid
 
 from relay.channels.base import Delivery
 from relay.channels.notification import topic_for
@@ -20,6 +18,8 @@ from relay.channels.webpush import WebPushChannel, prune_push_subscriptions
 from relay.db import create_pool, q
 from relay.events import Event
 from relay.vapid import generate_key_pair
+from tests.conftest import make_settings
+from tests.pushservice import Browser, LocalPushService, verify_vapid
 
 PRIVATE, PUBLIC = generate_key_pair()
 SUBJECT = "mailto:ops@example.com"

@@ -8,11 +8,11 @@ import asyncpg
 import httpx
 import jwt
 import pytest
-from conftest import make_settings
-from webhook_receiver import booking, write_bookings
 
 from relay import app
 from relay.cli import main
+from tests.conftest import make_settings
+from tests.webhook_receiver import booking, write_bookings
 
 SECRET = "test-secret-with-enough-bytes-for-hs256"
 
@@ -139,3 +139,33 @@ async def test_cli_manages_endpoints_and_replays_failed_deliveries(
         assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
     finally:
         await conn.close()
+
+
+async def test_webhook_endpoints_table_has_exactly_the_agreed_columns(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+            "WHERE table_schema = 'relay' AND table_name = 'webhook_endpoints' ORDER BY ordinal_position"
+        )
+        cursor = await conn.fetchval("SELECT position FROM relay.cursors WHERE name = 'webhook'")
+    finally:
+        await conn.close()
+    columns = {r["column_name"]: (r["data_type"], r["is_nullable"] == "YES") for r in rows}
+    assert columns == {
+        "id": ("bigint", False),
+        "merchant_id": ("text", False),
+        "url": ("text", False),
+        "events": ("ARRAY", True),
+        "secret": ("text", False),
+        "previous_secret": ("text", True),
+        "previous_secret_expires_at": ("timestamp with time zone", True),
+        "enabled": ("boolean", False),
+        "disabled_reason": ("text", True),
+        "disabled_at": ("timestamp with time zone", True),
+        "failing_since": ("timestamp with time zone", True),
+        "created_at": ("timestamp with time zone", False),
+        "updated_at": ("timestamp with time zone", False),
+    }
+    assert {r["column_name"]: r["column_default"] for r in rows}["enabled"] == "true"
+    assert cursor == 0  # planning starts where the database was when Relay was installed

@@ -6,12 +6,12 @@ import asyncio
 
 import asyncpg
 import pytest
-from conftest import make_settings
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from webhook_receiver import Received, booking, running, write_bookings
 
 from relay import app
 from relay.webhooks import add_endpoint, rotate_secret
+from tests.conftest import make_settings
+from tests.webhook_receiver import Received, booking, running, write_bookings
 
 ALLOW = "127.0.0.0/8"
 

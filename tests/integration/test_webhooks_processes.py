@@ -7,9 +7,9 @@ from pathlib import Path
 
 import asyncpg
 from starlette.responses import Response
-from webhook_receiver import LOOPBACK, Received, RelayProcess, running, wait_rows, write_bookings
 
 from relay.webhooks import add_endpoint
+from tests.webhook_receiver import LOOPBACK, Received, RelayProcess, running, wait_rows, write_bookings
 
 
 async def _endpoint(db_url: str, url: str) -> None:
@@ -41,7 +41,7 @@ async def test_sigkill_mid_batch_then_restart_delivers_every_event_with_stable_i
         first = RelayProcess(db_url, tmp_path / "first.log", **env)
         await first.ready()
         await write_bookings(db_url, _bulk(events))
-        while len(receiver.all) < 40:  # noqa: ASYNC110 - the receiver's own record
+        while len(receiver.all) < 40:
             await asyncio.sleep(0.005)
         first.kill()  # in the middle of a batch: deliveries claimed, some in flight
         sent_before = len(receiver.all)

@@ -6,9 +6,12 @@ import asyncio
 import collections
 
 import asyncpg
-from conftest import make_settings
 from starlette.responses import Response
-from webhook_receiver import (
+
+from relay import app
+from relay.webhooks import add_endpoint
+from tests.conftest import make_settings
+from tests.webhook_receiver import (
     LOOPBACK,
     Received,
     Receiver,
@@ -18,9 +21,6 @@ from webhook_receiver import (
     wait_rows,
     write_bookings,
 )
-
-from relay import app
-from relay.webhooks import add_endpoint
 
 ALLOW = "127.0.0.0/8"
 

@@ -6,9 +6,9 @@ import ipaddress
 
 import httpx
 import pytest
-from webhook_receiver import LOOPBACK, running
 
 from relay.egress import EgressRefused, blocked_reason, build_client, validate_url
+from tests.webhook_receiver import LOOPBACK, running
 
 REFUSED_URLS = [
     "http://127.0.0.1/hook",
@@ -27,6 +27,8 @@ REFUSED_URLS = [
     "http://[2002:7f00:1::]/",  # 6to4 around 127.0.0.1
     "http://2130706433/",  # 127.0.0.1 as one number
     "http://0x7f.1/",
+    "http://localhost:8080/",
+    "http://api.localhost/",
 ]
 
 

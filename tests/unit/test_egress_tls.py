@@ -12,9 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from webhook_receiver import LOOPBACK, Receiver
 
 from relay.egress import build_client
+from tests.webhook_receiver import LOOPBACK, Receiver
 
 
 def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:

@@ -1,0 +1,321 @@
+"""Webhook delivery: deliveries/s and commit -> receiver latency, against a bare httpx loop.
+
+One ``relay run`` process delivers to a receiver (its own process, answering 204) at 50
+and 500 endpoints. Throughput: a burst of events committed at once, until the receiver
+has every delivery. Latency: events committed one by one at a moderate rate, commit ->
+arrival at the receiver, p50/p99. The baseline is a bare ``httpx.AsyncClient`` loop
+in this process POSTing the same bodies to the same receiver with the same
+concurrency (throughput), and one POST per delivery as each event is committed
+(latency): what sending costs with no database, queue, signature or retry in between.
+
+``python -m bench.webhooks [--quick]``; ``BENCH_RELAY_PYTHON_ARGS="-m cProfile -o relay.prof"``
+profiles the relay process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from relay.db import migrate
+from relay.webhooks import add_endpoint
+
+Row = dict[str, Any]
+BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
+# The bare loop's concurrency: one httpx client does best with a few requests in flight
+# (httpcore's pool slows down as its connection count grows).
+CONCURRENCY = 16
+LOAD = 300.0  # deliveries/s offered in the latency runs ("moderate load")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def row(metric: str, relay: float, baseline: float, goal: str, unit: str) -> Row:
+    ratio = relay / baseline if baseline else float("nan")
+    return {
+        "metric": metric,
+        "relay": round(relay, 2),
+        "baseline": round(baseline, 2),
+        "ratio": round(ratio, 2),
+        "goal": goal,
+        "unit": unit,
+    }
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """An embedded server of the bench's own, or ``BENCH_DATABASE_URL`` (a scratch database in it)."""
+    from relay.embedded import EmbeddedPostgres
+
+    if os.environ.get("BENCH_DATABASE_URL"):
+        yield os.environ["BENCH_DATABASE_URL"]
+        return
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "pgdata", durable=False)
+    pg.start()
+    try:
+        yield pg.url
+    finally:
+        pg.destroy()
+        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def process(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    log = tempfile.NamedTemporaryFile(prefix="relay-bench-", suffix=".log", delete=False)
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        os.unlink(log.name)
+
+
+async def wait_http(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient() as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code < 500:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} never answered")
+            await asyncio.sleep(0.1)
+
+
+class Bench:
+    def __init__(self, db_url: str, receiver: str) -> None:
+        self.db_url = db_url
+        self.receiver = receiver
+        self.serial = 0
+
+    @contextlib.asynccontextmanager
+    async def conn(self) -> AsyncIterator[asyncpg.Connection]:
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def endpoints(self, count: int) -> None:
+        async with self.conn() as conn:
+            await conn.execute("DELETE FROM relay.webhook_endpoints; DELETE FROM relay.deliveries")
+            for i in range(count):
+                await add_endpoint(conn, merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK)
+
+    async def arrivals(self) -> list[tuple[str, float]]:
+        async with httpx.AsyncClient() as client:
+            return [tuple(r) for r in (await client.get(f"{self.receiver}/stats")).json()]  # type: ignore[misc]
+
+    async def collect(self, expected: int, seconds: float = 120) -> list[tuple[str, float]]:
+        got: list[tuple[str, float]] = []
+        deadline = time.monotonic() + seconds
+        while len(got) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            got += await self.arrivals()
+        return got
+
+    def ids(self, count: int) -> list[str]:
+        first = self.serial
+        self.serial += count
+        return [f"k{i}" for i in range(first, first + count)]
+
+    async def relay_throughput(self, events: int, endpoints: int) -> float:
+        ids = self.ids(events)
+        async with self.conn() as conn:
+            started = time.time()
+            await conn.execute(
+                """INSERT INTO "Booking" (id, "merchantId", status) """
+                """SELECT unnest($1::text[]), 'bench', 'NEW'""",
+                ids,
+            )
+        got = await self.collect(events * endpoints)
+        return len(got) / (max(t for _, t in got) - started)
+
+    async def relay_latency(self, seconds: float, rate: float, endpoints: int) -> list[float]:
+        committed: dict[str, float] = {}
+        async with self.conn() as conn:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                (booking,) = self.ids(1)
+                await conn.execute(
+                    """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'bench', 'NEW')""",
+                    booking,
+                )
+                committed[booking] = time.time()
+                await asyncio.sleep(1 / rate)
+        got = await self.collect(len(committed) * endpoints)
+        return [(t - committed[b]) * 1000 for b, t in got if b in committed]
+
+    def body(self, booking: str) -> bytes:
+        message = {
+            "type": "booking_created",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "data": {
+                "id": booking,
+                "merchantId": "bench",
+                "status": "NEW",
+                "operation": "INSERT",
+                "eventId": 1,
+            },
+        }
+        return json.dumps(message, separators=(",", ":")).encode()
+
+    async def baseline_throughput(self, events: int, endpoints: int) -> float:
+        ids = self.ids(events)
+        limit = asyncio.Semaphore(CONCURRENCY)
+        async with httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=512)
+        ) as client:
+
+            async def post(booking: str, endpoint: int) -> None:
+                async with limit:
+                    await client.post(f"{self.receiver}/e{endpoint}", content=self.body(booking))
+
+            started = time.time()
+            await asyncio.gather(*(post(b, e) for b in ids for e in range(endpoints)))
+            elapsed = time.time() - started
+        await self.collect(events * endpoints)
+        return events * endpoints / elapsed
+
+    async def baseline_latency(self, seconds: float, rate: float, endpoints: int) -> list[float]:
+        limit = asyncio.Semaphore(CONCURRENCY)
+        latencies: list[float] = []
+        async with httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=512)
+        ) as client:
+
+            async def post(booking: str, endpoint: int, since: float) -> None:
+                async with limit:
+                    await client.post(f"{self.receiver}/e{endpoint}", content=self.body(booking))
+                latencies.append((time.time() - since) * 1000)
+
+            pending = []
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                (booking,) = self.ids(1)
+                now = time.time()
+                pending += [asyncio.create_task(post(booking, e, now)) for e in range(endpoints)]
+                await asyncio.sleep(1 / rate)
+            await asyncio.gather(*pending)
+        await self.collect(len(latencies))
+        return latencies
+
+
+async def _run(db_url: str, quick: bool) -> list[Row]:
+    admin = await asyncpg.connect(db_url)
+    name = f"relay_bench_{os.getpid()}"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = urlunsplit(urlsplit(db_url)._replace(path="/" + name))
+    conn = await asyncpg.connect(url)
+    await conn.execute(BOOKING)
+    await migrate(conn)
+    await conn.close()
+
+    receiver_port, relay_port = free_port(), free_port()
+    receiver = f"http://127.0.0.1:{receiver_port}"
+    relay_env = {
+        "DATABASE_URL": url,
+        "RELAY_EGRESS_ALLOW": "127.0.0.0/8",
+        "RELAY_HTTP_HOST": "127.0.0.1",
+        "RELAY_HTTP_PORT": str(relay_port),
+    }
+    rows: list[Row] = []
+    seconds = 4.0 if quick else 10.0
+    try:
+        with (
+            process([sys.executable, "-m", "bench.webhook_receiver", str(receiver_port)]),
+            process(
+                [
+                    sys.executable,
+                    *os.environ.get("BENCH_RELAY_PYTHON_ARGS", "").split(),
+                    "-m",
+                    "relay",
+                    "run",
+                ],
+                relay_env,
+            ),
+        ):
+            await wait_http(f"{receiver}/stats")
+            await wait_http(f"http://127.0.0.1:{relay_port}/readyz")
+            bench = Bench(url, receiver)
+            for endpoints, burst in ((50, 40 if quick else 100), (500, 4 if quick else 10)):
+                rate = LOAD / endpoints
+                await bench.endpoints(endpoints)
+                await bench.relay_throughput(2, endpoints)  # warm up connections
+                relay_rate = await bench.relay_throughput(burst, endpoints)
+                base_rate = await bench.baseline_throughput(burst, endpoints)
+                rows.append(
+                    row(
+                        f"webhook deliveries/s, {endpoints} endpoints",
+                        relay_rate,
+                        base_rate,
+                        ">= 1500/s",
+                        "deliveries/s",
+                    )
+                )
+                relay_lat = await bench.relay_latency(seconds, rate, endpoints)
+                base_lat = await bench.baseline_latency(seconds, rate, endpoints)
+                load = f"{int(rate * endpoints)} deliveries/s"
+                for p, goal in ((50, ""), (99, "< 50 ms")):
+                    rows.append(
+                        row(
+                            f"webhook commit->receiver p{p}, {endpoints} endpoints at {load}",
+                            percentile(relay_lat, p),
+                            percentile(base_lat, p),
+                            goal,
+                            "ms",
+                        )
+                    )
+    finally:
+        admin = await asyncpg.connect(db_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    with database() as db_url:
+        return asyncio.run(_run(db_url, quick))
+
+
+if __name__ == "__main__":
+    for result in run(quick="--quick" in sys.argv):
+        print(result)
