@@ -18,8 +18,7 @@ every POST. We measure
 
 Sends go through ``relay.egress.build_client`` (the SSRF-guarded client Relay uses).
 Note: httpcore's connection pool does O(connections^2) bookkeeping per request, so
-throughput falls as the pool grows (64 connections to one origin: a fifth of 8 here);
-keep the push client's pool small, or use HTTP/2 against real push services.
+one big pool is slow; the guarded client spreads connections over several small pools.
 """
 
 from __future__ import annotations
