@@ -5,8 +5,7 @@ every POST. We measure
 
 * deliveries/s end to end in one relay process (``app.start``: trigger, dispatcher,
   push channel with its database lookups) for a burst of bookings committed at once,
-  50 subscriptions each; the database is ``BENCH_DATABASE_URL`` / ``DATABASE_URL`` or an
-  embedded server;
+  50 subscriptions each; the database is ``BENCH_DATABASE_URL`` or an embedded server;
 * sends/s through ``WebPushSender`` (render, aes128gcm encryption with pywebpush,
   cached VAPID header, POST with a shared ``httpx.AsyncClient``) at a fixed concurrency;
 * the cost split (encrypt / sign / HTTP) from sequential sends, where the HTTP time is
@@ -27,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -136,6 +136,12 @@ async def _measure(port: int, sends: int, concurrency: int, connections: int) ->
     return {"rate": sends / elapsed, "split": split, "failures": failures}
 
 
+def _row(metric: str, relay: float, baseline: float, goal: str, unit: str) -> dict[str, Any]:
+    ratio = relay / baseline if baseline else float("nan")
+    return {"metric": metric, "relay": round(relay, 4), "baseline": round(baseline, 4),
+            "ratio": round(ratio, 3), "goal": goal, "unit": unit}
+
+
 def _encode_floor(sends: int) -> float:
     """Bare ``WebPusher.encode`` per second: the CPU floor of a send."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -159,10 +165,10 @@ def _sign_ms(rounds: int = 200) -> float:
 
 @contextlib.contextmanager
 def _database() -> Iterator[str]:
-    """A scratch database: in ``BENCH_DATABASE_URL`` / ``DATABASE_URL`` when set, else embedded."""
+    """A scratch database in ``BENCH_DATABASE_URL`` when set, else a server of the bench's own."""
     from relay.embedded import EmbeddedPostgres
 
-    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    url = os.environ.get("BENCH_DATABASE_URL")
     if url:
         yield url
         return
@@ -230,7 +236,12 @@ async def _measure_e2e(admin_url: str, port: int, sends: int) -> float:
     return expected / elapsed
 
 
-def run(sends: int = 3000, concurrency: int = 8, connections: int = 8) -> list[dict[str, Any]]:
+def run(
+    quick: bool = False, sends: int | None = None, concurrency: int = 8, connections: int = 8
+) -> list[dict[str, Any]]:
+    """Rows ``{"metric","relay","baseline","ratio","goal","unit"}`` for ``python -m bench``."""
+    if sends is None:
+        sends = 600 if quick else 3000
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
     service = ctx.Process(target=_serve, args=(theirs,), daemon=True)
@@ -251,35 +262,31 @@ def run(sends: int = 3000, concurrency: int = 8, connections: int = 8) -> list[d
     floor_ms = 1000 / floor
     total_ms = sum(split.values())
     sign_ms = _sign_ms()
-    rows: list[dict[str, Any]] = [
-        {"metric": f"push sends/s, 1 process, {concurrency} in flight, {connections} connections "
-         "(baseline: bare WebPusher.encode/s)",
-         "relay": round(rate), "baseline": round(floor), "ratio": round(rate / floor, 2),
-         "goal": f">= {GOAL:.0f}/s"},
-        {"metric": "push deliveries/s end to end: commit -> dispatcher -> push service "
-         "(baseline: bare encode/s)", "relay": round(e2e), "baseline": round(floor),
-         "ratio": round(e2e / floor, 2), "goal": f">= {GOAL:.0f}/s"},
-        {"metric": "push encrypt ms/send (baseline: bare encode)", "relay": round(split["encrypt"], 3),
-         "baseline": round(floor_ms, 3), "ratio": round(split["encrypt"] / floor_ms, 2), "goal": ""},
-        {"metric": "push sign ms/send, cached VAPID (baseline: one uncached signature)",
-         "relay": round(split["sign"], 4), "baseline": round(sign_ms, 3),
-         "ratio": round(split["sign"] / sign_ms, 3), "goal": "cached"},
-        {"metric": "push HTTP ms/send, sequential (baseline: whole send)", "relay": round(split["http"], 3),
-         "baseline": round(total_ms, 3), "ratio": round(split["http"] / total_ms, 2), "goal": ""},
+    per_s = f">= {GOAL:.0f}/s"
+    rows = [
+        _row(f"push sends/s, 1 process, {concurrency} in flight, {connections} connections "
+             "(baseline: bare WebPusher.encode/s)", round(rate), round(floor), per_s, "sends/s"),
+        _row("push deliveries/s end to end: commit -> dispatcher -> push service "
+             "(baseline: bare encode/s)", round(e2e), round(floor), per_s, "deliveries/s"),
+        _row("push encrypt ms/send (baseline: bare encode)", split["encrypt"], floor_ms, "", "ms"),
+        _row("push sign ms/send, cached VAPID (baseline: one uncached signature)",
+             split["sign"], sign_ms, "cached", "ms"),
+        _row("push HTTP ms/send, sequential (baseline: whole send)", split["http"], total_ms, "", "ms"),
     ]
     if result["failures"]:
-        rows.append({"metric": "push sends failed", "relay": result["failures"], "baseline": 0,
-                     "ratio": None, "goal": "0"})
+        rows.append(_row("push sends failed", result["failures"], 0, "0", "sends"))
     return rows
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sends", type=int, default=3000)
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--concurrency", type=int, default=8, help="sends in flight")
     parser.add_argument("--connections", type=int, default=8, help="httpx pool size")
     args = parser.parse_args()
-    for row in run(args.sends, args.concurrency, args.connections):
+    for row in run(args.quick, args.sends, args.concurrency, args.connections):
         print(f"{row['metric']:<95} relay={row['relay']!s:>9} baseline={row['baseline']!s:>9} "
               f"ratio={row['ratio']!s:>6} goal={row['goal']}")
 
