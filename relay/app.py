@@ -18,6 +18,7 @@ from relay import metrics
 from relay.auth import TokenVerifier
 from relay.channels.base import Channel
 from relay.channels.webhook import WebhookChannel
+from relay.channels.webpush import WebPushChannel
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.dispatcher import Dispatcher
@@ -42,6 +43,7 @@ class Relay:
     feed: Feed
     listener: Listener
     verifier: TokenVerifier | None = None
+    push: WebPushChannel | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
     http_client: httpx.AsyncClient | None = None
@@ -115,6 +117,12 @@ async def start(
         channels: list[Channel] = [
             WebhookChannel(pool, http_client, timeout=settings.webhook_timeout, stop=relay.stop)
         ]
+        if settings.push_enabled:
+            # Raises ConfigError (one line naming the variable) for a malformed key or subject.
+            relay.push = WebPushChannel(settings, pool, http_client)
+            channels.append(relay.push)
+        else:
+            logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
         dispatcher = Dispatcher(
             pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE - 1
         )

@@ -32,6 +32,7 @@ async def check(settings: Settings) -> list[tuple[str, str]]:
     """Return (status, message) lines; status is ``ok``, ``warn`` or ``fail``."""
     lines: list[tuple[str, str]] = [("ok", "configuration is valid")]
     lines += [("ok" if on else "warn", text) for on, text in optional_parts(settings)]
+    lines += push_key_problems(settings)
     dsn = settings.require_database_url()
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
@@ -81,6 +82,20 @@ def optional_parts(settings: Settings) -> list[tuple[bool, str]]:
             ),
         ),
     ]
+
+
+def push_key_problems(settings: Settings) -> list[tuple[str, str]]:
+    """A malformed VAPID key or subject would stop `relay run`: say so here too."""
+    if not settings.push_enabled:
+        return []
+    from relay.errors import ConfigError
+    from relay.vapid import VapidSigner
+
+    try:
+        VapidSigner.from_settings(settings)
+    except ConfigError as exc:
+        return [("fail", str(exc))]
+    return []
 
 
 async def _listen_round_trip(listen_dsn: str, sender: asyncpg.Connection) -> tuple[str, str]:

@@ -55,6 +55,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_vapid_keys(_args: argparse.Namespace, _settings: Settings) -> int:
+    from relay.vapid import generate_key_pair
+
+    private, public = generate_key_pair()
+    print(f"RELAY_VAPID_PRIVATE_KEY={private}")
+    print(f"RELAY_VAPID_PUBLIC_KEY={public}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="everything, with an embedded PostgreSQL, no set-up")
     demo.add_argument("--port", type=int, default=None, help="HTTP port (default RELAY_HTTP_PORT)")
     demo.set_defaults(func=cmd_demo)
+    sub.add_parser("vapid-keys", help="print a new VAPID key pair for Web Push").set_defaults(
+        func=cmd_vapid_keys
+    )
     webhooks_cli.add_parser(sub)
     return parser
 

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from relay import metrics
 from relay.http_webhooks import webhook_routes
+from relay.push_http import push_routes
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -40,6 +41,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        *push_routes(relay),
         *webhook_routes(relay),
         *(extra_routes or []),
     ]

@@ -229,3 +229,82 @@ SET enabled = false, disabled_at = now(), updated_at = now(),
                       'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' (more than ' || $1::float8::text || ' days)'
 WHERE enabled AND failing_since IS NOT NULL AND failing_since < now() - $1::float8 * interval '1 day'
 RETURNING id, merchant_id;
+
+-- name: push_plan
+-- One push delivery per event with $1 < position <= $2 and per live subscription of the
+-- event's merchant whose channels filter (NULL = all) names the event's channel.
+INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id)
+SELECT e.id, 'push', s.id, e.merchant_id
+FROM relay.events e
+JOIN relay.push_subscriptions s ON s.merchant_id = e.merchant_id
+WHERE e.position > $1 AND e.position <= $2
+  AND s.gone_since IS NULL
+  AND (s.expiration_time IS NULL OR s.expiration_time > now())
+  AND (s.channels IS NULL OR e.channel = ANY (s.channels))
+ON CONFLICT DO NOTHING;
+
+-- name: push_subscription
+SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
+       failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
+FROM relay.push_subscriptions WHERE id = $1;
+
+-- name: push_subscription_upsert
+INSERT INTO relay.push_subscriptions
+    (merchant_id, user_id, endpoint, p256dh, auth, expiration_time, channels)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (endpoint) DO UPDATE SET
+    merchant_id = excluded.merchant_id,
+    user_id = excluded.user_id,
+    p256dh = excluded.p256dh,
+    auth = excluded.auth,
+    expiration_time = excluded.expiration_time,
+    channels = excluded.channels,
+    updated_at = now(),
+    failure_count = 0,
+    gone_since = NULL
+RETURNING id, (xmax = 0) AS created;
+
+-- name: push_subscription_delete
+-- Remove the token's own subscription and cancel what was still waiting for it.
+WITH removed AS (
+    DELETE FROM relay.push_subscriptions
+    WHERE endpoint = $1 AND merchant_id = $2 AND user_id = $3
+    RETURNING id
+)
+UPDATE relay.deliveries d SET state = 'cancelled', updated_at = now(), completed_at = now(),
+    last_error = 'subscription removed'
+FROM removed
+WHERE d.channel = 'push' AND d.target_id = removed.id AND d.state = 'pending';
+
+-- name: push_subscription_sent
+-- Bookkeeping after an attempt: $2 true on success.
+UPDATE relay.push_subscriptions SET
+    last_success_at = CASE WHEN $2 THEN now() ELSE last_success_at END,
+    failure_count = CASE WHEN $2 THEN 0 ELSE failure_count + 1 END
+WHERE id = $1;
+
+-- name: push_subscription_gone
+-- The push service said 404/410: no further sends; pending deliveries are cancelled.
+WITH marked AS (
+    UPDATE relay.push_subscriptions SET gone_since = coalesce(gone_since, now())
+    WHERE id = $1
+    RETURNING id
+)
+UPDATE relay.deliveries d SET state = 'cancelled', updated_at = now(), completed_at = now(),
+    last_error = 'subscription gone'
+FROM marked
+WHERE d.channel = 'push' AND d.target_id = marked.id AND d.state = 'pending' AND d.id <> $2;
+
+-- name: push_prune
+-- Delete subscriptions that are gone or expired; cancel their pending deliveries.
+WITH pruned AS (
+    DELETE FROM relay.push_subscriptions
+    WHERE gone_since IS NOT NULL OR expiration_time <= now()
+    RETURNING id
+), cancelled AS (
+    UPDATE relay.deliveries d SET state = 'cancelled', updated_at = now(), completed_at = now(),
+        last_error = 'subscription pruned'
+    FROM pruned
+    WHERE d.channel = 'push' AND d.target_id = pruned.id AND d.state = 'pending'
+)
+SELECT count(*) FROM pruned;

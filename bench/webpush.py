@@ -1,0 +1,295 @@
+"""Web Push throughput from one process: real encryption and VAPID, a local push service.
+
+The push service runs in a child process (so its CPU is not ours) and answers 201 to
+every POST. We measure
+
+* deliveries/s end to end in one relay process (``app.start``: trigger, dispatcher,
+  push channel with its database lookups) for a burst of bookings committed at once,
+  50 subscriptions each; the database is ``BENCH_DATABASE_URL`` or an embedded server;
+* sends/s through ``WebPushSender`` (render, aes128gcm encryption with pywebpush,
+  cached VAPID header, POST with a shared ``httpx.AsyncClient``) at a fixed concurrency;
+* the cost split (encrypt / sign / HTTP) from sequential sends, where the HTTP time is
+  not inflated by other sends' encryption on the same event loop;
+* a bare loop of ``WebPusher.encode`` in the same run: the CPU floor of a send;
+* one uncached VAPID signature (paid once per push-service origin every ~11 h).
+
+``python -m bench.webpush [--sends N] [--concurrency C] [--connections K]``
+
+Sends go through ``relay.egress.build_client`` (the SSRF-guarded client Relay uses).
+Note: httpcore's connection pool does O(connections^2) bookkeeping per request, so
+one big pool is slow; the guarded client spreads connections over several small pools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric import ec
+from pywebpush import WebPusher
+
+from relay import app
+from relay.channels.notification import render
+from relay.channels.webpush import SendCosts, Subscription, WebPushSender
+from relay.config import Settings
+from relay.db import migrate
+from relay.egress import build_client
+from relay.vapid import VapidSigner, b64url_encode, generate_key_pair, public_key_bytes
+
+GOAL = 800.0
+BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+SUBSCRIPTIONS = 50
+DATA = {"id": "clx9bench0001", "merchantId": "m1", "status": "PENDING", "operation": "INSERT", "eventId": 1}
+
+
+class _PushService(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: read each request's headers and Content-Length body, answer 201."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            self.buffer = self.buffer[total:]
+            self.transport.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nLocation: /m/1\r\n\r\n")
+
+
+def _serve(conn: multiprocessing.connection.Connection) -> None:
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_PushService, "127.0.0.1", 0)
+        conn.send(server.sockets[0].getsockname()[1])
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told to stop
+        server.close()
+
+    asyncio.run(main())
+
+
+def _subscriptions(origin: str) -> list[Subscription]:
+    subs = []
+    for i in range(SUBSCRIPTIONS):
+        key = ec.generate_private_key(ec.SECP256R1())
+        p256dh = b64url_encode(public_key_bytes(key))
+        subs.append(Subscription(i, f"{origin}/push/{i}", p256dh, b64url_encode(bytes(16))))
+    return subs
+
+
+async def _measure(port: int, sends: int, concurrency: int, connections: int) -> dict[str, Any]:
+    origin = f"http://127.0.0.1:{port}"
+    subs = _subscriptions(origin)
+    signer = VapidSigner(ec.generate_private_key(ec.SECP256R1()), "mailto:bench@example.com")
+    # The client Relay uses (SSRF-guarded), with loopback allowed for the local service.
+    allow = [ipaddress.ip_network("127.0.0.0/8")]
+    async with build_client(allow, timeout=10, max_connections=connections) as client:
+        sender = WebPushSender(signer, client)
+        # Warm up connections and the VAPID cache.
+        await asyncio.gather(*(sender.send(subs[i % len(subs)], "booking_created", DATA) for i in range(50)))
+
+        # Cost split: sequential sends.
+        sender.costs = SendCosts()
+        for i in range(min(sends, 400)):
+            outcome = await sender.send(subs[i % len(subs)], "booking_created", DATA)
+            assert outcome.kind == "success", outcome
+        split = sender.costs.per_send_ms()
+
+        # Throughput: ``concurrency`` sends in flight.
+        sender.costs = SendCosts()
+        queue = iter(range(sends))
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            for i in queue:
+                if (await sender.send(subs[i % len(subs)], "booking_created", DATA)).kind != "success":
+                    failures += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"rate": sends / elapsed, "split": split, "failures": failures}
+
+
+def _row(metric: str, relay: float, baseline: float, goal: str, unit: str) -> dict[str, Any]:
+    ratio = relay / baseline if baseline else float("nan")
+    return {"metric": metric, "relay": round(relay, 4), "baseline": round(baseline, 4),
+            "ratio": round(ratio, 3), "goal": goal, "unit": unit}
+
+
+def _encode_floor(sends: int) -> float:
+    """Bare ``WebPusher.encode`` per second: the CPU floor of a send."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    info = {"endpoint": "https://push.example.com/x",
+            "keys": {"p256dh": b64url_encode(public_key_bytes(key)), "auth": b64url_encode(bytes(16))}}
+    plaintext = render("booking_created", DATA)
+    started = time.perf_counter()
+    for _ in range(sends):
+        WebPusher(info).encode(plaintext, content_encoding="aes128gcm")
+    return sends / (time.perf_counter() - started)
+
+
+def _sign_ms(rounds: int = 200) -> float:
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = VapidSigner(key, "mailto:bench@example.com", refresh_before=0)
+    started = time.perf_counter()
+    for i in range(rounds):
+        signer.header_for(f"https://push{i}.example.com/x")  # a new origin: never cached
+    return 1000 * (time.perf_counter() - started) / rounds
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[str]:
+    """A scratch database in ``BENCH_DATABASE_URL`` when set, else a server of the bench's own."""
+    from relay.embedded import EmbeddedPostgres
+
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        yield url
+        return
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "pgdata", durable=False)
+    pg.start()
+    try:
+        yield pg.url
+    finally:
+        pg.destroy()
+        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
+
+
+async def _scratch(admin_url: str) -> str:
+    name = f"relay_bench_push_{os.getpid()}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(BOOKING)
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def _measure_e2e(admin_url: str, port: int, sends: int) -> float:
+    """Deliveries/s through ``app.start`` (dispatcher + push channel): a burst of bookings
+    committed at once, until every delivery is recorded as succeeded."""
+    url = await _scratch(admin_url)
+    private, _ = generate_key_pair()
+    settings = Settings(  # type: ignore[call-arg]
+        database_url=url, vapid_private_key=private, vapid_subject="mailto:bench@example.com",
+        egress_allow="127.0.0.0/8", http_host="127.0.0.1", http_port=0,
+    )
+    origin = f"http://127.0.0.1:{port}"
+    bookings = max(sends // SUBSCRIPTIONS, 1)
+    async with app.start(settings, serve_http=False) as relay:
+        assert relay.dispatcher is not None
+        await relay.dispatcher.started.wait()
+        async with relay.pool.acquire() as conn:
+            await conn.executemany(
+                """INSERT INTO relay.push_subscriptions (merchant_id, user_id, endpoint, p256dh, auth)
+                   VALUES ('m1', 'u1', $1, $2, $3)""",
+                [(s.endpoint, s.p256dh, s.auth) for s in _subscriptions(origin)],
+            )
+            started = time.perf_counter()
+            async with conn.transaction():
+                await conn.executemany(
+                    """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'm1', 'PENDING')""",
+                    [(f"b{i}",) for i in range(bookings)],
+                )
+            expected = bookings * SUBSCRIPTIONS
+            while await conn.fetchval(
+                "SELECT count(*) FROM relay.deliveries WHERE state = 'succeeded'"
+            ) < expected:
+                if time.perf_counter() - started > 120:
+                    raise RuntimeError("push deliveries did not finish within 120 s")
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+    return expected / elapsed
+
+
+def run(
+    quick: bool = False, sends: int | None = None, concurrency: int = 8, connections: int = 8
+) -> list[dict[str, Any]]:
+    """Rows ``{"metric","relay","baseline","ratio","goal","unit"}`` for ``python -m bench``."""
+    if sends is None:
+        sends = 600 if quick else 3000
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    service = ctx.Process(target=_serve, args=(theirs,), daemon=True)
+    service.start()
+    try:
+        port = ours.recv()
+        floor = _encode_floor(sends)
+        result = asyncio.run(_measure(port, sends, concurrency, connections))
+        with _database() as admin_url:
+            e2e = asyncio.run(_measure_e2e(admin_url, port, sends))
+    finally:
+        ours.send("stop")
+        service.join(5)
+        if service.is_alive():
+            service.kill()
+    rate = result["rate"]
+    split = result["split"]
+    floor_ms = 1000 / floor
+    total_ms = sum(split.values())
+    sign_ms = _sign_ms()
+    per_s = f">= {GOAL:.0f}/s"
+    rows = [
+        _row(f"push sends/s, 1 process, {concurrency} in flight, {connections} connections "
+             "(baseline: bare WebPusher.encode/s)", round(rate), round(floor), per_s, "sends/s"),
+        _row("push deliveries/s end to end: commit -> dispatcher -> push service "
+             "(baseline: bare encode/s)", round(e2e), round(floor), per_s, "deliveries/s"),
+        _row("push encrypt ms/send (baseline: bare encode)", split["encrypt"], floor_ms, "", "ms"),
+        _row("push sign ms/send, cached VAPID (baseline: one uncached signature)",
+             split["sign"], sign_ms, "cached", "ms"),
+        _row("push HTTP ms/send, sequential (baseline: whole send)", split["http"], total_ms, "", "ms"),
+    ]
+    if result["failures"]:
+        rows.append(_row("push sends failed", result["failures"], 0, "0", "sends"))
+    return rows
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.ERROR)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sends", type=int, default=3000)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=8, help="sends in flight")
+    parser.add_argument("--connections", type=int, default=8, help="httpx pool size")
+    args = parser.parse_args()
+    for row in run(args.quick, args.sends, args.concurrency, args.connections):
+        print(f"{row['metric']:<95} relay={row['relay']!s:>9} baseline={row['baseline']!s:>9} "
+              f"ratio={row['ratio']!s:>6} goal={row['goal']}")
+
+
+if __name__ == "__main__":
+    main()
