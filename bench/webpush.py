@@ -204,9 +204,15 @@ async def _measure_e2e(admin_url: str, port: int, sends: int) -> float:
     committed at once, until every delivery is recorded as succeeded."""
     url = await _scratch(admin_url)
     private, _ = generate_key_pair()
-    settings = Settings(  # type: ignore[call-arg]
-        database_url=url, vapid_private_key=private, vapid_subject="mailto:bench@example.com",
-        egress_allow="127.0.0.0/8", http_host="127.0.0.1", http_port=0,
+    settings = Settings.model_validate(
+        {
+            "database_url": url,
+            "vapid_private_key": private,
+            "vapid_subject": "mailto:bench@example.com",
+            "egress_allow": "127.0.0.0/8",
+            "http_host": "127.0.0.1",
+            "http_port": 0,
+        }
     )
     origin = f"http://127.0.0.1:{port}"
     bookings = max(sends // SUBSCRIPTIONS, 1)

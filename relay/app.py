@@ -18,7 +18,7 @@ from relay import metrics
 from relay.auth import TokenVerifier
 from relay.channels.base import Channel
 from relay.channels.webhook import WebhookChannel
-from relay.channels.webpush import WebPushChannel
+from relay.channels.webpush import WebPushChannel, prune_push_subscriptions
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.dispatcher import Dispatcher
@@ -129,7 +129,11 @@ async def start(
         feed.subscribe(lambda _events: dispatcher.wake())
         relay.http_client = http_client
         relay.dispatcher = dispatcher
-        scheduler = build_scheduler(relay, disable_failing_endpoints=disable_failing_endpoints)
+        scheduler = build_scheduler(
+            relay,
+            disable_failing_endpoints=disable_failing_endpoints,
+            prune_push_subscriptions=prune_push_subscriptions if relay.push is not None else None,
+        )
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
 
