@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import secrets
@@ -16,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import uvicorn
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -24,8 +27,11 @@ from relay import app
 from relay.auth import Claims, mint_token
 from relay.config import Settings
 from relay.db import migrate
+from relay.demo_receiver import DemoReceiver
 from relay.embedded import EmbeddedPostgres
 from relay.http_auth import authenticate, error
+from relay.vapid import generate_key_pair
+from relay.webhooks import add_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +169,8 @@ async def run_demo(settings: Settings, *, port: int | None = None) -> None:
                 "http_host": "127.0.0.1",
                 "http_port": port if port is not None else settings.http_port,
                 "jwt_secret": settings.jwt_secret or secrets.token_urlsafe(32),
+                "egress_allow": [*settings.egress_allow, ipaddress.ip_network("127.0.0.0/8")],
+                **demo_push_keys(settings),
             }
         )
         stop = asyncio.Event()
@@ -171,6 +179,13 @@ async def run_demo(settings: Settings, *, port: int | None = None) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        receiver = DemoReceiver()
+        receiver_server, receiver_port = await serve_local(receiver.app)
+        for merchant in MERCHANTS:
+            _endpoint, secret = await add_webhook(
+                dsn, merchant, f"http://127.0.0.1:{receiver_port}/hook/{merchant}", demo_settings
+            )
+            receiver.secrets[merchant] = secret
         holder: list[app.Relay] = []
         async with app.start(demo_settings, extra_routes=booking_routes(holder)) as relay:
             holder.append(relay)
@@ -178,5 +193,38 @@ async def run_demo(settings: Settings, *, port: int | None = None) -> None:
             url = f"http://127.0.0.1:{relay.http_port}/?token={token}"
             print(f"\nrelay demo running. Live calendar of {MERCHANTS[0]}:\n\n  {url}\n", flush=True)
             print(f"demo token ({MERCHANTS[0]}): {token}\nCtrl-C stops everything.\n", flush=True)
+            print(
+                f"signed webhooks of both merchants go to http://127.0.0.1:{receiver_port}/hook/…", flush=True
+            )
             await generate_bookings(dsn, stop)
+        receiver_server.should_exit = True
         print("demo stopped", flush=True)
+
+
+def demo_push_keys(settings: Settings) -> dict[str, str]:
+    """Web Push needs a VAPID key pair: make one for the demo unless one is configured."""
+    if settings.vapid_private_key:
+        return {}
+    private, _public = generate_key_pair()
+    return {
+        "vapid_private_key": private,
+        "vapid_subject": settings.vapid_subject or "mailto:demo@example.com",
+    }
+
+
+async def add_webhook(dsn: str, merchant: str, url: str, settings: Settings) -> tuple[object, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await add_endpoint(conn, merchant_id=merchant, url=url, allow=settings.egress_allow)
+    finally:
+        await conn.close()
+
+
+async def serve_local(asgi: Starlette) -> tuple[uvicorn.Server, int]:
+    server = uvicorn.Server(
+        uvicorn.Config(asgi, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    asyncio.get_running_loop().create_task(server.serve(), name="demo-receiver")
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.01)
+    return server, int(server.servers[0].sockets[0].getsockname()[1])

@@ -92,7 +92,9 @@ def render(channel: str, data: Mapping[str, Any], limit: int = MAX_PLAINTEXT) ->
         "body": "",
         "tag": f"booking-{topic_for(booking_id)}" if isinstance(booking_id, str) else "booking",
         "url": "/",
-        "data": {"eventId": data.get("eventId") if isinstance(data.get("eventId"), int) else None,
-                 "truncated": True},
+        "data": {
+            "eventId": data.get("eventId") if isinstance(data.get("eventId"), int) else None,
+            "truncated": True,
+        },
     }
     return _dumps(minimal)

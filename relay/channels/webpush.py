@@ -183,8 +183,12 @@ class WebPushChannel:
         return self.sender.costs
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
-        extra = {"event_id": event.id, "channel": self.name, "merchant_id": event.merchant_id,
-                 "delivery_id": delivery.id}
+        extra = {
+            "event_id": event.id,
+            "channel": self.name,
+            "merchant_id": event.merchant_id,
+            "delivery_id": delivery.id,
+        }
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(q("push_subscription"), delivery.target_id)
         if row is None:
@@ -234,8 +238,12 @@ class WebPushChannel:
         try:
             await retrying(write, what="recording a push attempt")
         except asyncpg.PostgresError as exc:
-            logger.warning("could not record push attempt on subscription %s: %s", subscription_id, exc,
-                           extra={"channel": self.name})
+            logger.warning(
+                "could not record push attempt on subscription %s: %s",
+                subscription_id,
+                exc,
+                extra={"channel": self.name},
+            )
 
 
 async def prune_push_subscriptions(pool: asyncpg.Pool) -> int:
