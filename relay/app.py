@@ -18,6 +18,7 @@ from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
+from relay.live import Hub
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Relay:
     feed: Feed
     listener: Listener
     verifier: TokenVerifier | None = None
+    live: Hub = field(default_factory=Hub)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
 
@@ -96,6 +98,7 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
         relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
         feed.subscribe(log_events)
+        feed.subscribe(relay.live.publish)
 
         server: _Server | None = None
         if serve_http:

@@ -55,6 +55,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.auth import mint_token
+
+    print(mint_token(settings, merchant_id=args.merchant, user_id=args.user, ttl=args.ttl))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="everything, with an embedded PostgreSQL, no set-up")
     demo.add_argument("--port", type=int, default=None, help="HTTP port (default RELAY_HTTP_PORT)")
     demo.set_defaults(func=cmd_demo)
+    token = sub.add_parser("token", help="print a development JWT signed with RELAY_JWT_SECRET")
+    token.add_argument("--merchant", required=True, help="the merchantId claim")
+    token.add_argument("--user", required=True, help="the sub claim (user id)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+    token.set_defaults(func=cmd_token)
     return parser
 
 
