@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 ROOM_PREFIX = "merchant:"
 DEFAULT_MAX_BUFFER = 512 * 1024  # bytes waiting in one client's transport before it is "too slow"
 DEFAULT_MAX_PENDING = 10_000  # events held for one client while its replay runs
+# The kernel's share of one client's backlog; without a cap Linux grows it to megabytes.
+DEFAULT_SOCKET_BUFFER = 128 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,7 @@ class Hub:
     ) -> None:
         self.max_buffer = max_buffer
         self.max_pending = max_pending
+        self.socket_buffer = DEFAULT_SOCKET_BUFFER
         self._rooms: dict[str, dict[Sink, None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 

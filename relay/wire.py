@@ -15,6 +15,8 @@ middleware that wraps ``send`` can still find the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -62,6 +64,13 @@ class RawSocket:
 
     def write(self, frame: bytes) -> None:
         self._transport.write(frame)
+
+    def limit_kernel_buffer(self, size: int) -> None:
+        """Cap the kernel's send buffer (no autotuning to megabytes) so a stalled client shows."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 class CaptureSend:

@@ -63,6 +63,8 @@ class SioSink(Sink):
         scope = environ.get("asgi.scope") or {}
         self._send = environ.get("asgi.send") if scope.get("type") == "websocket" else None
         self._raw = RawSocket.of(self._send)
+        if self._raw is not None:
+            self._raw.limit_kernel_buffer(hub.socket_buffer)
         self.expiry: asyncio.TimerHandle | None = None
 
     def write(self, encoded: Encoded) -> None:

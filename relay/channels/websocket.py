@@ -67,6 +67,8 @@ class WsSink(Sink):
         self._ws = websocket
         self._raw = raw
         self._queue: asyncio.Queue[str] | None = None if raw else asyncio.Queue(hub.max_pending)
+        if raw is not None:
+            raw.limit_kernel_buffer(hub.socket_buffer)
 
     @property
     def queued(self) -> bool:
