@@ -143,6 +143,11 @@ class Sink:
         logger.warning("live client too slow; closing it", extra={"merchant_id": self.merchant_id})
         self.overflow()
 
+    @property
+    def direct(self) -> bool:
+        """True when events go to the connection as prebuilt frames (the fast path)."""
+        return False
+
     def write(self, encoded: Encoded) -> None:
         raise NotImplementedError
 
@@ -174,6 +179,9 @@ class Hub:
 
     def room_size(self, merchant_id: str) -> int:
         return len(self._rooms.get(merchant_id, ()))
+
+    def sinks(self, merchant_id: str) -> list[Sink]:
+        return list(self._rooms.get(merchant_id, ()))
 
     def publish(self, events: Sequence[Event]) -> None:
         """Feed consumer: each event is encoded once per transport present in its room."""

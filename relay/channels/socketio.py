@@ -15,6 +15,7 @@ put on its Engine.IO queue, so per-client order is kept either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,10 @@ class SioSink(Sink):
         if self._raw is not None:
             self._raw.limit_kernel_buffer(hub.socket_buffer)
         self.expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def direct(self) -> bool:
+        return self._raw is not None
 
     def write(self, encoded: Encoded) -> None:
         eio = self._eio
@@ -121,13 +126,15 @@ def build_server(relay: Relay) -> socketio.AsyncServer:
         sinks[sid] = sink
         hub.join(sink)
         gauge.inc()
-        await server.emit(
-            "connected",
-            {"userId": claims.user_id, "merchantId": claims.merchant_id},
-            to=sid,
-            namespace=NAMESPACE,
-        )
-        sink.go_live()
+        hello = {"userId": claims.user_id, "merchantId": claims.merchant_id}
+
+        async def greet() -> None:
+            # After this handler returns the library queues the namespace CONNECT; greeting
+            # from a task puts `connected` after it, as the NestJS gateway's handleConnection did.
+            await server.emit("connected", hello, to=sid, namespace=NAMESPACE)
+            sink.go_live()
+
+        hub.spawn(greet)
         sink.expiry = asyncio.get_running_loop().call_later(
             max(claims.seconds_left, 0.0),
             lambda: hub.spawn(lambda: server.disconnect(sid, namespace=NAMESPACE)),
@@ -161,6 +168,25 @@ def build_server(relay: Relay) -> socketio.AsyncServer:
     async def unsubscribe(sid: str, data: object = None) -> None:
         await change("unsubscribe", sid, data)
 
+    async def disconnect_all_on_stop() -> None:
+        await relay.stop.wait()
+        for sid in list(sinks):
+            await server.disconnect(sid, namespace=NAMESPACE)
+
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing to stop
+        relay.live.spawn(disconnect_all_on_stop)
+
+    handle_eio_disconnect = server._handle_eio_disconnect
+
+    async def eio_disconnect(eio_sid: str, reason: object = None) -> None:
+        # A client that closes over polling leaves a long-poll GET waiting ~45 s (and
+        # shutdown waiting for it); ending its Engine.IO queue answers it at once.
+        socket = server.eio.sockets.get(eio_sid)
+        await handle_eio_disconnect(eio_sid, reason)
+        if socket is not None:
+            socket.queue.put_nowait(None)
+
+    server.eio.on("disconnect", eio_disconnect)
     server.on("connect", connect, namespace=NAMESPACE)
     server.on("disconnect", disconnect, namespace=NAMESPACE)
     server.on("subscribe", subscribe, namespace=NAMESPACE)

@@ -75,6 +75,10 @@ class WsSink(Sink):
         """True when this client needs ``pump`` (its frames cannot be written directly)."""
         return self._queue is not None
 
+    @property
+    def direct(self) -> bool:
+        return self._raw is not None
+
     def write(self, encoded: Encoded) -> None:
         if self._raw is not None:
             if not self._raw.open:

@@ -41,7 +41,9 @@ def ws_url(relay: Relay, query: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def ws_client(relay: Relay, tok: str, since: str | None = None, **kw: Any) -> AsyncIterator[ClientConnection]:
+async def ws_client(
+    relay: Relay, tok: str, since: str | None = None, **kw: Any
+) -> AsyncIterator[ClientConnection]:
     query = f"token={tok}" + (f"&since={since}" if since is not None else "")
     async with connect(ws_url(relay, query), **kw) as ws:
         hello = await recv(ws)
@@ -49,15 +51,15 @@ async def ws_client(relay: Relay, tok: str, since: str | None = None, **kw: Any)
         yield ws
 
 
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    message = await asyncio.wait_for(ws.recv(), timeout)
+async def recv(ws: ClientConnection, wait: float = 5.0) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.recv(), wait)
     decoded: dict[str, Any] = json.loads(message)
     return decoded
 
 
-async def nothing_more(ws: ClientConnection, timeout: float = 0.5) -> None:
+async def nothing_more(ws: ClientConnection, wait: float = 0.5) -> None:
     with contextlib.suppress(TimeoutError):
-        message = await asyncio.wait_for(ws.recv(), timeout)
+        message = await asyncio.wait_for(ws.recv(), wait)
         raise AssertionError(f"unexpected message {message!r}")
 
 

@@ -5,15 +5,19 @@ import time
 
 import jwt
 import pytest
+from conftest import make_settings
 from livekit import SECRET, live_settings, recv, running, token, ws_client, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import make_settings
-
 
 def _claims(**extra: object) -> dict[str, object]:
-    claims: dict[str, object] = {"sub": "u1", "merchantId": "mA", "exp": int(time.time()) + 60, "aud": "relay"}
+    claims: dict[str, object] = {
+        "sub": "u1",
+        "merchantId": "mA",
+        "exp": int(time.time()) + 60,
+        "aud": "relay",
+    }
     claims.update(extra)
     return claims
 
@@ -92,7 +96,9 @@ async def test_ws_answers_503_while_jwt_is_off(db_url: str) -> None:
         assert b"RELAY_JWT_SECRET" in refused.value.response.body
 
 
-async def test_ws_answers_binary_and_non_json_with_errors_and_closes_on_oversized_messages(db_url: str) -> None:
+async def test_ws_answers_binary_and_non_json_with_errors_and_closes_on_oversized_messages(
+    db_url: str,
+) -> None:
     settings = live_settings(db_url)
     async with running(settings) as relay:
         async with ws_client(relay, token(settings, "mA")) as ws:

@@ -22,7 +22,9 @@ async def test_ws_resume_with_since_delivers_every_event_once_in_order_across_ou
         late_tx = late.transaction()
         await late_tx.start()
         await late.execute("""INSERT INTO "Booking" (id, "merchantId", status) VALUES ('late', 'mA', 'P')""")
-        await early.execute("""INSERT INTO "Booking" (id, "merchantId", status) VALUES ('early', 'mA', 'P')""")
+        await early.execute(
+            """INSERT INTO "Booking" (id, "merchantId", status) VALUES ('early', 'mA', 'P')"""
+        )
         await insert(db_url, ("other", "mB"), ("second", "mA"))
         await late_tx.commit()
         expected = ["early", "second", "late"]

@@ -12,13 +12,17 @@ from websockets.exceptions import ConnectionClosed
 EVENTS = 5000  # five feed batches of 1000
 
 
-async def test_ws_client_that_stops_reading_is_closed_with_1013_while_others_keep_receiving(db_url: str) -> None:
+async def test_ws_client_that_stops_reading_is_closed_with_1013_while_others_keep_receiving(
+    db_url: str,
+) -> None:
     settings = live_settings(db_url)
     async with running(settings) as relay:
         relay.live.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
         tok = token(settings, "mA")
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: backlog stays on the server
+        raw.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+        )  # a small window: backlog stays on the server
         raw.setblocking(False)
         await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", relay.http_port))
         async with (
