@@ -52,6 +52,7 @@ SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 Row = dict[str, Any]
 _SEQUENCE = itertools.count(1)
+DEFLATE = os.environ.get("BENCH_DEFLATE", "1") == "1"
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class LoadGen:
 async def clients(mode: str, url: str, merchants: Sequence[str]) -> AsyncIterator[LoadGen]:
     tokens = [mint(m, f"u{i}") for i, m in enumerate(merchants)]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"mode": mode, "url": url, "tokens": tokens, "concurrency": 50}, f)
+        json.dump({"mode": mode, "url": url, "tokens": tokens, "concurrency": 50, "deflate": DEFLATE}, f)
     process = await asyncio.create_subprocess_exec(
         "node",
         str(NODE_DIR / "loadgen.js"),

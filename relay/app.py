@@ -19,6 +19,7 @@ from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
 from relay.live import Hub
+from relay.wire import LiveWebSocketProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ async def start(settings: Settings, *, serve_http: bool = True) -> AsyncIterator
                 port=settings.http_port,
                 log_config=None,
                 lifespan="off",
+                ws=LiveWebSocketProtocol,
                 ws_ping_interval=20,
                 ws_ping_timeout=20,
             )

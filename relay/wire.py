@@ -16,17 +16,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.server import ServerProtocol
 
 SCOPE_KEY = "relay.raw_send"
 
-try:  # uvicorn's default WebSocket implementation when `websockets` is installed
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-except ImportError:  # pragma: no cover - another server: every write goes through ASGI
-    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
+
+class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets protocol with a permessage-deflate that holds no zlib state
+    between messages (``server_no_context_takeover``, ``client_no_context_takeover``).
+
+    With context takeover every connection keeps a compressor and a decompressor
+    alive (about 37 KB together at uvicorn's settings) even while idle; live pages are
+    idle nearly all the time and Relay's event frames are sent uncompressed anyway.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if config.ws_per_message_deflate:
+            deflate = ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True,
+                client_no_context_takeover=True,
+                server_max_window_bits=12,
+                client_max_window_bits=12,
+                compress_settings={"memLevel": 5},
+            )
+            self.conn = ServerProtocol(
+                extensions=[deflate], max_size=config.ws_max_size, logger=logging.getLogger("uvicorn.error")
+            )
 
 
 class RawSocket:
@@ -42,7 +73,7 @@ class RawSocket:
     def of(cls, send: object) -> RawSocket | None:
         """The connection behind an ASGI ``send``, or None when it is not one we can write to."""
         protocol = getattr(send, "__self__", None)
-        if WebSocketsSansIOProtocol is None or not isinstance(protocol, WebSocketsSansIOProtocol):
+        if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         return cls(protocol)
 

@@ -19,7 +19,9 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
 function openWs(token) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${cfg.url.replace(/^http/, "ws")}/ws?token=${token}`);
+    const ws = new WebSocket(`${cfg.url.replace(/^http/, "ws")}/ws?token=${token}`, {
+      perMessageDeflate: cfg.deflate !== false,
+    });
     sockets.push(ws);
     ws.on("message", (raw) => {
       const m = JSON.parse(raw);

@@ -54,3 +54,22 @@ async def test_ws_subscribe_to_a_channel_narrows_the_stream_and_unsubscribe_leav
             await conn.execute("""UPDATE "Booking" SET status = 'DONE' WHERE id = 'b1'""")
             await conn.close()
             await nothing_more(a)
+
+
+async def test_ws_negotiates_permessage_deflate_without_context_takeover_and_events_still_decode(
+    db_url: str,
+) -> None:
+    settings = live_settings(db_url)
+    async with running(settings) as relay:
+        async with ws_client(relay, token(settings, "mA"), compression="deflate") as a:
+            assert a.response is not None
+            extensions = a.response.headers["Sec-WebSocket-Extensions"]
+            assert "permessage-deflate" in extensions
+            assert "server_no_context_takeover" in extensions
+            assert "client_no_context_takeover" in extensions
+            await a.send('{"type":"subscribe","channel":"booking_created"}')  # compressed both ways
+            assert await recv(a) == {"type": "subscribed", "channel": "booking_created"}
+            await insert(db_url, ("b1", "mA"), ("b2", "mA"))  # prebuilt frames, uncompressed
+            assert [(await recv(a))["data"]["id"] for _ in range(2)] == ["b1", "b2"]
+            await a.send('{"type":"unsubscribe","channel":"booking_created"}')
+            assert await recv(a) == {"type": "unsubscribed", "channel": "booking_created"}
