@@ -26,6 +26,8 @@ DEFAULT_MAX_BUFFER = 512 * 1024  # bytes waiting in one client's transport befor
 DEFAULT_MAX_PENDING = 10_000  # events held for one client while its replay runs
 # The kernel's share of one client's backlog; without a cap Linux grows it to megabytes.
 DEFAULT_SOCKET_BUFFER = 128 * 1024
+# How long a client that fell behind gets to read its close frame before it is dropped.
+CLOSE_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,7 @@ class Hub:
         self.max_buffer = max_buffer
         self.max_pending = max_pending
         self.socket_buffer = DEFAULT_SOCKET_BUFFER
+        self.close_grace = CLOSE_GRACE
         self._rooms: dict[str, dict[Sink, None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 

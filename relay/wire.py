@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -95,6 +96,17 @@ class RawSocket:
 
     def write(self, frame: bytes) -> None:
         self._transport.write(frame)
+
+    async def close_then_abort(self, send_close: Awaitable[object], grace: float) -> None:
+        """Send the close frame through the server (at most ``grace`` s: a stalled client keeps
+        the transport paused), then drop the connection if it is still there ``grace`` s later."""
+        try:
+            async with asyncio.timeout(grace):
+                await send_close
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        finally:
+            asyncio.get_running_loop().call_later(grace, self._transport.abort)
 
     def limit_kernel_buffer(self, size: int) -> None:
         """Cap the kernel's send buffer (no autotuning to megabytes) so a stalled client shows."""

@@ -90,10 +90,10 @@ class SioSink(Sink):
             eio.queue.put_nowait(encoded.packet)
 
     def overflow(self) -> None:
-        send = self._send
-        if send is not None:
+        send, raw = self._send, self._raw
+        if send is not None and raw is not None:
             message = {"type": "websocket.close", "code": CLOSE_TOO_SLOW, "reason": "too slow"}
-            self.hub.spawn(lambda: send(message))
+            self.hub.spawn(lambda: raw.close_then_abort(send(message), self.hub.close_grace))
         else:
             self.hub.spawn(lambda: self._server.disconnect(self.sid, namespace=NAMESPACE))
 

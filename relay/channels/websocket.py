@@ -96,7 +96,11 @@ class WsSink(Sink):
             self.fall_behind()
 
     def overflow(self) -> None:
-        self.hub.spawn(lambda: close(self._ws, CLOSE_TOO_SLOW, "too slow: reconnect with since"))
+        closing = close(self._ws, CLOSE_TOO_SLOW, "too slow: reconnect with since")
+        raw = self._raw
+        self.hub.spawn(
+            lambda: raw.close_then_abort(closing, self.hub.close_grace) if raw is not None else closing
+        )
 
     async def pump(self) -> None:
         """The writer when frames cannot be written directly (another ASGI server)."""
@@ -151,12 +155,12 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
         await websocket.send_text(
             dumps({"type": "connected", "userId": claims.user_id, "merchantId": claims.merchant_id})
         )
-        floor = 0 if after is None else await replay(relay.pool, websocket, claims.merchant_id, after)
+        floor = 0 if after is None else await replay(relay.pool, websocket, sink, after)
         sink.go_live(floor)
         if sink.queued:
             pump = asyncio.create_task(sink.pump(), name="relay-ws-pump")
         await converse(websocket, sink, claims)
-    except (WebSocketDisconnect, OSError):
+    except (WebSocketDisconnect, OSError, RuntimeError):  # RuntimeError: closed by the relay meanwhile
         pass
     finally:
         sink.closed = True
@@ -166,13 +170,15 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
             pump.cancel()
 
 
-async def replay(pool: asyncpg.Pool, websocket: WebSocket, merchant_id: str, after: int) -> int:
+async def replay(pool: asyncpg.Pool, websocket: WebSocket, sink: WsSink, after: int) -> int:
     """Send the merchant's events after ``after`` in position order; return the last position sent."""
     async with pool.acquire() as conn:
         await conn.execute(q("sequence_events"))
         while True:
-            rows = await conn.fetch(q("merchant_events_after"), merchant_id, after, REPLAY_PAGE)
+            rows = await conn.fetch(q("merchant_events_after"), sink.merchant_id, after, REPLAY_PAGE)
             for row in rows:
+                if sink.closed:  # fell behind while replaying: it resumes again later
+                    return after
                 event = Event.from_row(row)
                 await websocket.send_text(TRANSPORT.encode(event).text)
                 after = event.position
