@@ -62,7 +62,7 @@ class Plan:
     rate: float = 200.0
     seconds: float = 10.0
     fanout_sizes: tuple[int, ...] = (1000, 5000)
-    repeats: int = 3
+    repeats: int = 5
 
     @classmethod
     def quick(cls) -> Plan:

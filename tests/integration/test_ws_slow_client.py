@@ -53,7 +53,7 @@ async def test_ws_client_that_never_reads_again_is_dropped_after_the_close_grace
     settings = live_settings(db_url)
     gauge = {"transport": "ws"}
     async with running(settings) as relay:
-        relay.live.max_buffer = 16 * 1024
+        relay.live.max_buffer = 100 * 1024  # above the transport high-water mark: writing is paused
         relay.live.close_grace = 0.3
         tok = token(settings, "mA")
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
