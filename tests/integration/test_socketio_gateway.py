@@ -5,6 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import socketio
 from livekit import insert, live_settings, running, token
@@ -15,8 +16,8 @@ from relay.app import Relay
 class Client:
     """A python-socketio client that records every event of /notifications."""
 
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False, http_session=session)
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.sio.on("*", self._record, namespace="/notifications")
 
@@ -34,18 +35,19 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def sio_client(relay: Relay, tok: str | None, **kw: Any) -> AsyncIterator[Client]:
-    client = Client()
-    await client.sio.connect(
-        f"http://127.0.0.1:{relay.http_port}",
-        namespaces=["/notifications"],
-        auth={"token": tok} if tok else None,
-        wait_timeout=5,
-        **kw,
-    )
-    try:
-        yield client
-    finally:
-        await client.sio.disconnect()
+    async with aiohttp.ClientSession() as session:  # closed even when connecting fails
+        client = Client(session)
+        await client.sio.connect(
+            f"http://127.0.0.1:{relay.http_port}",
+            namespaces=["/notifications"],
+            auth={"token": tok} if tok else None,
+            wait_timeout=5,
+            **kw,
+        )
+        try:
+            yield client
+        finally:
+            await client.sio.disconnect()
 
 
 @pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
@@ -116,3 +118,16 @@ async def test_socketio_client_is_disconnected_when_its_token_expires(db_url: st
             gone: asyncio.Event = asyncio.Event()
             a.sio.on("disconnect", lambda *_: gone.set(), namespace="/notifications")
             await asyncio.wait_for(gone.wait(), 10)
+
+
+async def test_socketio_refuses_a_foreign_origin_unless_allowed(db_url: str) -> None:
+    settings = live_settings(db_url)
+    async with running(settings) as relay:
+        evil = {"Origin": "http://evil.example"}
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            async with sio_client(relay, token(settings, "mA"), headers=evil, transports=["websocket"]):
+                pass
+    settings = live_settings(db_url, allowed_origins="http://evil.example")
+    async with running(settings) as relay:
+        async with sio_client(relay, token(settings, "mA"), headers=evil, transports=["websocket"]) as a:
+            assert (await a.next())[0] == "connected"
