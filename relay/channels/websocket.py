@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay import metrics
 from relay.auth import AuthError, Claims
-from relay.db import q
+from relay.db import TRANSIENT_ERRORS, q
 from relay.events import Event, decode_cursor
 from relay.http_auth import bearer_token, error, origin_allowed
 from relay.live import Encoded, Hub, Interest, Sink
@@ -40,6 +40,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1013
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
+# Replay's database errors (Starlette turns a lost client into WebSocketDisconnect, not OSError).
+DB_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 OFF_MESSAGE = "token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY"
 
 
@@ -155,7 +157,19 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
         await websocket.send_text(
             dumps({"type": "connected", "userId": claims.user_id, "merchantId": claims.merchant_id})
         )
-        floor = 0 if after is None else await replay(relay.pool, websocket, sink, after)
+        floor = 0
+        if after is not None:
+            try:
+                floor = await replay(relay.pool, websocket, sink, after)
+            except DB_ERRORS as exc:
+                logger.warning(
+                    "replay failed (%s: %s); the client resumes later",
+                    type(exc).__name__,
+                    exc,
+                    extra={"merchant_id": claims.merchant_id},
+                )
+                await close(websocket, CLOSE_TOO_SLOW, "replay failed: reconnect with since")
+                return
         sink.go_live(floor)
         if sink.queued:
             pump = asyncio.create_task(sink.pump(), name="relay-ws-pump")
