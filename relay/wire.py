@@ -90,6 +90,11 @@ class RawSocket:
         )
 
     @property
+    def writable(self) -> bool:
+        """False while the server holds its own writes back (buffer above the high-water mark)."""
+        return bool(self._protocol.writable.is_set())
+
+    @property
     def buffered(self) -> int:
         """Bytes accepted for this client but not yet taken by the kernel."""
         return self._transport.get_write_buffer_size()

@@ -79,13 +79,22 @@ class SioSink(Sink):
             self.hub.leave(self)
             return
         raw = self._raw
-        if raw is not None and eio.upgraded and not eio.upgrading and eio.queue.empty() and raw.open:
-            if raw.buffered > self.hub.max_buffer:
-                self.fall_behind()
-            else:
-                raw.write(encoded.frame)
-        elif eio.queue.qsize() >= self.hub.max_pending:
+        queued = eio.queue.qsize()
+        # The client's backlog in bytes, roughly: the transport's buffer and the library's queue.
+        backlog = (raw.buffered if raw is not None else 0) + queued * len(encoded.frame)
+        if backlog > self.hub.max_buffer or queued >= self.hub.max_pending:
             self.fall_behind()
+        elif (
+            # Straight to the connection only when nothing the library queued (or holds back
+            # while the transport is paused) could be overtaken: per-client order is kept.
+            raw is not None
+            and eio.upgraded
+            and not eio.upgrading
+            and not queued
+            and raw.writable
+            and raw.open
+        ):
+            raw.write(encoded.frame)
         else:
             eio.queue.put_nowait(encoded.packet)
 
