@@ -291,7 +291,7 @@ async def measure_fanout(writer: Writer, gen: LoadGen, n: int, repeats: int) -> 
             raise RuntimeError(f"fan-out: {len(records)} of {n} clients received the event")
         rates.append(n / ((max(records) - writer.committed[booking]) / 1000))
         await asyncio.sleep(0.5)
-    return statistics.median(rates)
+    return float(statistics.median(rates))
 
 
 async def measure_target(kind: str, mode: str, dsn: str, plan: Plan) -> dict[str, Any]:
