@@ -26,8 +26,10 @@ from relay.egress import build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
+from relay.live import Hub
 from relay.scheduler import build_scheduler
 from relay.webhooks import disable_failing_endpoints
+from relay.wire import LiveWebSocketProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Relay:
     listener: Listener
     verifier: TokenVerifier | None = None
     push: WebPushChannel | None = None
+    live: Hub = field(default_factory=Hub)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int | None = None
     http_client: httpx.AsyncClient | None = None
@@ -113,6 +116,7 @@ async def start(
         if verifier is None:
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
         relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
+        feed.subscribe(relay.live.publish)  # first: live pages are the latency-critical consumer
         feed.subscribe(log_events)
         # One SSRF-guarded client for every outgoing request (webhooks, push).
         http_client = await stack.enter_async_context(build_client(settings.egress_allow))
@@ -149,6 +153,7 @@ async def start(
                 port=settings.http_port,
                 log_config=None,
                 lifespan="off",
+                ws=LiveWebSocketProtocol,
                 ws_ping_interval=20,
                 ws_ping_timeout=20,
             )

@@ -64,6 +64,13 @@ def cmd_vapid_keys(_args: argparse.Namespace, _settings: Settings) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.auth import mint_token
+
+    print(mint_token(settings, merchant_id=args.merchant, user_id=args.user, ttl=args.ttl))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -79,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_vapid_keys
     )
     webhooks_cli.add_parser(sub)
+    token = sub.add_parser("token", help="print a development JWT signed with RELAY_JWT_SECRET")
+    token.add_argument("--merchant", required=True, help="the merchantId claim")
+    token.add_argument("--user", required=True, help="the sub claim (user id)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

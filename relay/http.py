@@ -7,19 +7,24 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
-from relay import metrics
+from relay import metrics, polling
+from relay.channels import socketio, websocket
 from relay.http_webhooks import webhook_routes
 from relay.push_http import push_routes
+from relay.wire import CaptureSend
 
 if TYPE_CHECKING:
     from relay.app import Relay
 
 
-def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGIApp:
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -43,6 +48,18 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> Star
         Route("/metrics", metrics_endpoint),
         *push_routes(relay),
         *webhook_routes(relay),
+        *websocket.routes(relay),
+        *polling.routes(relay),
         *(extra_routes or []),
     ]
-    return Starlette(routes=routes)
+    origins = relay.settings.allowed_origins
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware if origins else None)
+    return CaptureSend(socketio.mount(relay, app))

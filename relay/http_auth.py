@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
@@ -27,3 +29,16 @@ def authenticate(conn: HTTPConnection, verifier: TokenVerifier | None) -> Claims
         return verifier.verify(bearer_token(conn))
     except AuthError as exc:
         return error(401, str(exc))
+
+
+def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
+    """RELAY_ALLOWED_ORIGINS for browsers; unset means same-origin only. No Origin: not a browser."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True
+    if allowed:
+        return "*" in allowed or origin.rstrip("/") in {a.rstrip("/") for a in allowed}
+    parts = urlsplit(origin)
+    host = conn.headers.get("host", "")
+    secure = conn.url.scheme in ("https", "wss")
+    return parts.netloc.lower() == host.lower() and parts.scheme == ("https" if secure else "http")

@@ -1,0 +1,210 @@
+"""Socket.IO at ``/socket.io/``, namespace ``/notifications``: the seed's NestJS gateway, kept.
+
+Clients connect with ``auth: {token}`` (or ``Authorization: Bearer``), get
+``connected {userId, merchantId}``, then ``booking_created`` / ``booking_updated`` /
+``booking_deleted`` with the seed payloads; ``subscribe`` / ``unsubscribe`` follow
+the /ws tenant rule and answer ``subscribed`` / ``unsubscribed`` or ``error``.
+
+Fan-out: the Engine.IO packet of an event (``42/notifications,["booking_created",{...}]``)
+is built once per room. A client on the websocket transport whose Engine.IO queue
+is empty gets the prebuilt frame written straight to its connection; any other
+client (polling, upgrading, or with packets still queued) gets the same packet
+put on its Engine.IO queue, so per-client order is kept either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+from starlette.types import ASGIApp
+
+from relay import metrics
+from relay.auth import AuthError
+from relay.channels.websocket import CLOSE_TOO_SLOW, OFF_MESSAGE
+from relay.events import Event
+from relay.live import Encoded, Hub, Interest, Sink
+from relay.wire import RawSocket
+
+if TYPE_CHECKING:
+    from relay.app import Relay
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "/notifications"
+MAX_MESSAGE = 64 * 1024
+
+
+class SocketIOTransport:
+    name = "socketio"
+
+    def encode(self, event: Event) -> Encoded:
+        message = sio_packet.Packet(
+            sio_packet.EVENT, data=[event.channel, dict(event.data)], namespace=NAMESPACE
+        )
+        packet = eio_packet.Packet(eio_packet.MESSAGE, message.encode())
+        return Encoded.of(packet.encode(), packet)
+
+
+TRANSPORT = SocketIOTransport()
+
+
+class SioSink(Sink):
+    def __init__(self, hub: Hub, interest: Interest, server: socketio.AsyncServer, sid: str) -> None:
+        super().__init__(hub, TRANSPORT, interest)
+        self.sid = sid
+        self._server = server
+        environ: dict[str, Any] = server.get_environ(sid, NAMESPACE) or {}
+        self._eio = server.eio.sockets.get(server.manager.eio_sid_from_sid(sid, NAMESPACE))
+        scope = environ.get("asgi.scope") or {}
+        self._send = environ.get("asgi.send") if scope.get("type") == "websocket" else None
+        self._raw = RawSocket.of(self._send)
+        if self._raw is not None:
+            self._raw.limit_kernel_buffer(hub.socket_buffer)
+        self.expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def direct(self) -> bool:
+        return self._raw is not None
+
+    def write(self, encoded: Encoded) -> None:
+        eio = self._eio
+        if eio is None or eio.closed:
+            self.closed = True
+            self.hub.leave(self)
+            return
+        raw = self._raw
+        queued = eio.queue.qsize()
+        # The client's backlog in bytes, roughly: the transport's buffer and the library's queue.
+        backlog = (raw.buffered if raw is not None else 0) + queued * len(encoded.frame)
+        if backlog > self.hub.max_buffer or queued >= self.hub.max_pending:
+            self.fall_behind()
+        elif (
+            # Straight to the connection only when nothing the library queued (or holds back
+            # while the transport is paused) could be overtaken: per-client order is kept.
+            raw is not None
+            and eio.upgraded
+            and not eio.upgrading
+            and not queued
+            and raw.writable
+            and raw.open
+        ):
+            raw.write(encoded.frame)
+        else:
+            eio.queue.put_nowait(encoded.packet)
+
+    def overflow(self) -> None:
+        send, raw = self._send, self._raw
+        if send is not None and raw is not None:
+            message = {"type": "websocket.close", "code": CLOSE_TOO_SLOW, "reason": "too slow"}
+            self.hub.spawn(lambda: raw.close_then_abort(send(message), self.hub.close_grace))
+        else:
+            self.hub.spawn(lambda: self._server.disconnect(self.sid, namespace=NAMESPACE))
+
+
+def build_server(relay: Relay) -> socketio.AsyncServer:
+    origins = relay.settings.allowed_origins
+    server = socketio.AsyncServer(
+        async_mode="asgi",
+        cors_allowed_origins=("*" if "*" in origins else origins) if origins else None,  # None: same origin
+        max_http_buffer_size=MAX_MESSAGE,
+        logger=False,
+        engineio_logger=False,
+    )
+    sinks: dict[str, SioSink] = {}
+    gauge = metrics.ws_connections.labels(transport="socketio")
+
+    async def connect(sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        hub = relay.live
+        if relay.verifier is None:
+            raise socketio.exceptions.ConnectionRefusedError(OFF_MESSAGE)
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not token:
+            scheme, _, value = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        try:
+            claims = relay.verifier.verify(token if isinstance(token, str) else None)
+        except AuthError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        sink = SioSink(hub, Interest(claims.merchant_id), server, sid)
+        sinks[sid] = sink
+        hub.join(sink)
+        gauge.inc()
+        hello = {"userId": claims.user_id, "merchantId": claims.merchant_id}
+
+        async def greet() -> None:
+            # After this handler returns the library queues the namespace CONNECT; greeting
+            # from a task puts `connected` after it, as the NestJS gateway's handleConnection did.
+            await server.emit("connected", hello, to=sid, namespace=NAMESPACE)
+            sink.go_live()
+
+        hub.spawn(greet)
+        sink.expiry = asyncio.get_running_loop().call_later(
+            max(claims.seconds_left, 0.0),
+            lambda: hub.spawn(lambda: server.disconnect(sid, namespace=NAMESPACE)),
+        )
+
+    async def disconnect(sid: str, *_reason: object) -> None:
+        sink = sinks.pop(sid, None)
+        if sink is None:
+            return
+        sink.closed = True
+        sink.hub.leave(sink)
+        if sink.expiry is not None:
+            sink.expiry.cancel()
+        gauge.dec()
+
+    async def change(kind: str, sid: str, data: object) -> None:
+        sink = sinks.get(sid)
+        if sink is None:
+            return
+        channel = data.get("channel") if isinstance(data, dict) else data
+        method = sink.interest.subscribe if kind == "subscribe" else sink.interest.unsubscribe
+        problem = method(channel)
+        if problem is not None:
+            await server.emit("error", {"message": problem}, to=sid, namespace=NAMESPACE)
+        else:
+            await server.emit(f"{kind}d", {"channel": channel}, to=sid, namespace=NAMESPACE)
+
+    async def subscribe(sid: str, data: object = None) -> None:
+        await change("subscribe", sid, data)
+
+    async def unsubscribe(sid: str, data: object = None) -> None:
+        await change("unsubscribe", sid, data)
+
+    async def disconnect_all_on_stop() -> None:
+        await relay.stop.wait()
+        for sid in list(sinks):
+            await server.disconnect(sid, namespace=NAMESPACE)
+
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing to stop
+        relay.live.spawn(disconnect_all_on_stop)
+
+    handle_eio_disconnect = server._handle_eio_disconnect
+
+    async def eio_disconnect(eio_sid: str, reason: object = None) -> None:
+        # A client that closes over polling leaves a long-poll GET waiting ~45 s (and
+        # shutdown waiting for it); ending its Engine.IO queue answers it at once.
+        socket = server.eio.sockets.get(eio_sid)
+        await handle_eio_disconnect(eio_sid, reason)
+        if socket is not None:
+            socket.queue.put_nowait(None)
+
+    server.eio.on("disconnect", eio_disconnect)
+    server.on("connect", connect, namespace=NAMESPACE)
+    server.on("disconnect", disconnect, namespace=NAMESPACE)
+    server.on("subscribe", subscribe, namespace=NAMESPACE)
+    server.on("unsubscribe", unsubscribe, namespace=NAMESPACE)
+    return server
+
+
+def mount(relay: Relay, app: ASGIApp) -> ASGIApp:
+    """Serve Socket.IO at /socket.io/ in front of ``app`` (every other path)."""
+    server = build_server(relay)
+    asgi: ASGIApp = socketio.ASGIApp(server, other_asgi_app=app, socketio_path="socket.io")
+    return asgi

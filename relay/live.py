@@ -1,0 +1,213 @@
+"""The live hub: one room per merchant, each event encoded once per transport and
+written to every socket in the room without awaiting the clients one by one.
+
+The hub is a feed consumer (sync, never blocks). Each connection is a ``Sink``:
+it keeps its own narrowing (``Interest``), a floor below which events were
+already sent (resume), and a bounded buffer; a sink that falls behind closes
+itself (1013 over /ws) and the client resumes with ``since``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from websockets.frames import Frame, Opcode
+
+from relay.events import CHANNELS, Event
+
+logger = logging.getLogger(__name__)
+
+ROOM_PREFIX = "merchant:"
+DEFAULT_MAX_BUFFER = 512 * 1024  # bytes waiting in one client's transport before it is "too slow"
+DEFAULT_MAX_PENDING = 10_000  # events held for one client while its replay runs
+# The kernel's share of one client's backlog; without a cap Linux grows it to megabytes.
+DEFAULT_SOCKET_BUFFER = 128 * 1024
+# How long a client that fell behind gets to read its close frame before it is dropped.
+CLOSE_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One event as a transport sends it: the message text and its complete WebSocket frame."""
+
+    text: str
+    frame: bytes
+    packet: Any = None  # a transport's own form for clients it cannot write frames to
+
+    @classmethod
+    def of(cls, text: str, packet: Any = None) -> Encoded:
+        frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        return cls(text=text, frame=frame, packet=packet)
+
+
+class Transport(Protocol):
+    """How one kind of client wants events; ``encode`` runs once per event and room."""
+
+    name: str
+
+    def encode(self, event: Event) -> Encoded: ...
+
+
+class Interest:
+    """What one client asked for: its merchant room, optionally narrowed to some channels.
+
+    ``subscribe``/``unsubscribe`` accept an event channel name or ``merchant:<own id>``;
+    every other value (another merchant's room above all) is refused with a message.
+    """
+
+    def __init__(self, merchant_id: str) -> None:
+        self.merchant_id = merchant_id
+        self.in_room = True
+        self.channels: set[str] | None = None  # None: every channel
+
+    def wants(self, channel: str) -> bool:
+        return self.in_room and (self.channels is None or channel in self.channels)
+
+    def subscribe(self, channel: object) -> str | None:
+        problem = self._check(channel)
+        if problem is None:
+            if channel in CHANNELS:
+                self.channels = {str(channel)} if self.channels is None else self.channels | {str(channel)}
+            else:
+                self.in_room = True
+                self.channels = None
+        return problem
+
+    def unsubscribe(self, channel: object) -> str | None:
+        problem = self._check(channel)
+        if problem is None:
+            if channel in CHANNELS:
+                current = set(CHANNELS) if self.channels is None else self.channels
+                self.channels = current - {str(channel)}
+            else:
+                self.in_room = False
+        return problem
+
+    def _check(self, channel: object) -> str | None:
+        if not isinstance(channel, str) or not channel:
+            return "channel must be a non-empty string"
+        if channel in CHANNELS or channel == ROOM_PREFIX + self.merchant_id:
+            return None
+        if channel.startswith(ROOM_PREFIX):
+            return "not allowed: a client may only join its own merchant's room"
+        return f"unknown channel {channel[:100]!r}"
+
+
+class Sink:
+    """One live connection as the hub sees it.
+
+    Until ``go_live`` the sink holds events (while ``connected`` is sent and a replay
+    runs); afterwards ``deliver`` writes at once. Subclasses provide ``write`` and
+    ``overflow``; both are sync and must not block.
+    """
+
+    def __init__(self, hub: Hub, transport: Transport, interest: Interest) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.interest = interest
+        self.floor = 0  # events at or below this position were already sent
+        self.closed = False
+        self._pending: list[tuple[Event, Encoded]] | None = []
+
+    @property
+    def merchant_id(self) -> str:
+        return self.interest.merchant_id
+
+    def deliver(self, event: Event, encoded: Encoded) -> None:
+        if self.closed or event.position <= self.floor:
+            return
+        if self._pending is not None:
+            self._pending.append((event, encoded))
+            if len(self._pending) > self.hub.max_pending:
+                self.fall_behind()
+            return
+        if self.interest.wants(event.channel):
+            self.write(encoded)
+
+    def go_live(self, floor: int = 0) -> None:
+        """Send what arrived meanwhile (above ``floor``, the last position replayed), then live."""
+        self.floor = max(self.floor, floor)
+        pending, self._pending = self._pending or [], None
+        for event, encoded in pending:
+            if not self.closed:
+                self.deliver(event, encoded)
+
+    def fall_behind(self) -> None:
+        """The client cannot keep up: leave the room and close it (it resumes with ``since``)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.hub.leave(self)
+        logger.warning("live client too slow; closing it", extra={"merchant_id": self.merchant_id})
+        self.overflow()
+
+    @property
+    def direct(self) -> bool:
+        """True when events go to the connection as prebuilt frames (the fast path)."""
+        return False
+
+    def write(self, encoded: Encoded) -> None:
+        raise NotImplementedError
+
+    def overflow(self) -> None:
+        raise NotImplementedError
+
+
+class Hub:
+    """Rooms per merchant; the feed consumer that fans each event out to its room."""
+
+    def __init__(
+        self, *, max_buffer: int = DEFAULT_MAX_BUFFER, max_pending: int = DEFAULT_MAX_PENDING
+    ) -> None:
+        self.max_buffer = max_buffer
+        self.max_pending = max_pending
+        self.socket_buffer = DEFAULT_SOCKET_BUFFER
+        self.close_grace = CLOSE_GRACE
+        self._rooms: dict[str, dict[Sink, None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def join(self, sink: Sink) -> None:
+        self._rooms.setdefault(sink.merchant_id, {})[sink] = None
+
+    def leave(self, sink: Sink) -> None:
+        room = self._rooms.get(sink.merchant_id)
+        if room is not None:
+            room.pop(sink, None)
+            if not room:
+                del self._rooms[sink.merchant_id]
+
+    def room_size(self, merchant_id: str) -> int:
+        return len(self._rooms.get(merchant_id, ()))
+
+    def sinks(self, merchant_id: str) -> list[Sink]:
+        return list(self._rooms.get(merchant_id, ()))
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Feed consumer: each event is encoded once per transport present in its room."""
+        for event in events:
+            if event.merchant_id is None:
+                continue
+            room = self._rooms.get(event.merchant_id)
+            if not room:
+                continue
+            encoded: dict[str, Encoded] = {}
+            for sink in list(room):
+                name = sink.transport.name
+                message = encoded.get(name)
+                if message is None:
+                    message = encoded[name] = sink.transport.encode(event)
+                try:
+                    sink.deliver(event, message)
+                except Exception:
+                    logger.exception("live delivery failed", extra={"merchant_id": event.merchant_id})
+                    sink.fall_behind()
+
+    def spawn(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run a short coroutine (closing a client) without the caller awaiting it."""
+        task = asyncio.get_running_loop().create_task(factory())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

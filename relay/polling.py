@@ -1,0 +1,61 @@
+"""``GET /events?since=CURSOR&limit=N``: the polling fallback for pages whose socket cannot connect.
+
+Events are read by position (assigned in visibility order by ``relay.sequence_events``),
+so a cursor never skips an event that committed late. Without ``since`` the page
+starts at the oldest retained event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from relay.db import q
+from relay.events import Event, decode_cursor, encode_cursor
+from relay.http_auth import authenticate, error
+
+if TYPE_CHECKING:
+    from relay.app import Relay
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def routes(relay: Relay) -> list[BaseRoute]:
+    async def events(request: Request) -> Response:
+        return await list_events(relay, request)
+
+    return [Route("/events", events, methods=["GET"])]
+
+
+async def list_events(relay: Relay, request: Request) -> Response:
+    claims = authenticate(request, relay.verifier)
+    if isinstance(claims, Response):
+        return claims
+    since = request.query_params.get("since")
+    raw_limit = request.query_params.get("limit")
+    try:
+        after = decode_cursor(since) if since is not None else None
+    except ValueError:
+        return error(400, "invalid cursor: pass back a cursor this API returned")
+    try:
+        limit = min(int(raw_limit), MAX_LIMIT) if raw_limit is not None else DEFAULT_LIMIT
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        return error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
+    async with relay.pool.acquire() as conn:
+        await conn.execute(q("sequence_events"))
+        if after is None:
+            after = int(await conn.fetchval(q("oldest_position")))
+        rows = await conn.fetch(q("merchant_events_after"), claims.merchant_id, after, limit)
+    page = [Event.from_row(row) for row in rows]
+    return JSONResponse(
+        {
+            "events": [{"channel": e.channel, "cursor": e.cursor, "data": e.data} for e in page],
+            "next": page[-1].cursor if page else encode_cursor(after),
+        }
+    )

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import asyncpg
+import pytest
+from livekit import live_settings, running, token
+from test_socketio_gateway import sio_client
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+EVENTS = 5000  # five feed batches of 1000
+
+
+async def test_socketio_websocket_client_that_stops_reading_is_closed_while_others_keep_receiving(
+    db_url: str,
+) -> None:
+    settings = live_settings(db_url)
+    async with running(settings) as relay:
+        relay.live.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
+        tok = token(settings, "mA")
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", relay.http_port))
+        url = f"ws://127.0.0.1:{relay.http_port}/socket.io/?EIO=4&transport=websocket"
+        async with (
+            connect(url, sock=raw, max_queue=1, compression=None) as slow,
+            sio_client(relay, tok, transports=["websocket"]) as fast,
+        ):
+            assert (await slow.recv()).startswith("0{")  # Engine.IO open
+            await slow.send("40/notifications," + json.dumps({"token": tok}))
+            assert (await slow.recv()).startswith("40/notifications,")
+            assert "connected" in await slow.recv()  # then it stops reading
+            assert (await fast.next())[0] == "connected"
+            conn = await asyncpg.connect(db_url)
+            await conn.execute(
+                """INSERT INTO "Booking" (id, "merchantId", status)
+                   SELECT 'b' || i, 'mA', 'PENDING' FROM generate_series(1, $1) AS i""",
+                EVENTS,
+            )
+            await conn.close()
+            ids = [(await fast.next())[1]["id"] for _ in range(EVENTS)]
+            assert ids == [f"b{i}" for i in range(1, EVENTS + 1)]
+            assert relay.live.room_size("mA") == 1
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(slow.recv(), 10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1013

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from relay.events import Event
+from relay.live import Encoded, Hub, Interest, Sink
+
+
+class Recording:
+    name = "test"
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, event: Event) -> Encoded:
+        self.encoded += 1
+        return Encoded.of(f"{event.position}")
+
+
+class RecordingSink(Sink):
+    def __init__(self, hub: Hub, transport: Recording, merchant: str) -> None:
+        super().__init__(hub, transport, Interest(merchant))
+        self.written: list[str] = []
+        self.overflowed = False
+
+    def write(self, encoded: Encoded) -> None:
+        self.written.append(encoded.text)
+
+    def overflow(self) -> None:
+        self.overflowed = True
+
+
+def event(position: int, merchant: str = "mA", channel: str = "booking_created") -> Event:
+    return Event(position, position, channel, merchant, {"id": f"b{position}"}, datetime.now(UTC))
+
+
+def test_hub_encodes_each_event_once_per_transport_and_writes_only_to_its_merchants_room() -> None:
+    hub, transport = Hub(), Recording()
+    sinks = [RecordingSink(hub, transport, "mA") for _ in range(3)]
+    other = RecordingSink(hub, transport, "mB")
+    for sink in [*sinks, other]:
+        hub.join(sink)
+        sink.go_live()
+    hub.publish([event(1), event(2, "mB")])
+    assert [s.written for s in sinks] == [["1"], ["1"], ["1"]]
+    assert other.written == ["2"]
+    assert transport.encoded == 2
+
+
+def test_sink_holds_events_until_live_and_drops_those_at_or_below_the_replayed_floor() -> None:
+    hub, transport = Hub(), Recording()
+    sink = RecordingSink(hub, transport, "mA")
+    hub.join(sink)
+    hub.publish([event(4), event(5), event(6)])  # arrive while the replay (up to 5) runs
+    assert sink.written == []
+    sink.go_live(floor=5)
+    hub.publish([event(5), event(7)])  # a late copy of a replayed event, then a new one
+    assert sink.written == ["6", "7"]
+
+
+def test_sink_that_holds_too_many_events_falls_behind_and_leaves_the_room() -> None:
+    hub, transport = Hub(max_pending=2), Recording()
+    sink = RecordingSink(hub, transport, "mA")
+    hub.join(sink)
+    hub.publish([event(1), event(2), event(3)])
+    assert sink.overflowed and sink.closed
+    assert hub.room_size("mA") == 0
+
+
+def test_interest_narrows_to_channels_and_refuses_other_merchants_rooms() -> None:
+    interest = Interest("mA")
+    assert interest.wants("booking_created")
+    assert interest.subscribe("booking_updated") is None
+    assert not interest.wants("booking_created") and interest.wants("booking_updated")
+    assert interest.unsubscribe("booking_updated") is None
+    assert not interest.wants("booking_updated")
+    assert interest.subscribe("merchant:mA") is None
+    assert interest.wants("booking_created")
+    assert interest.unsubscribe("merchant:mA") is None
+    assert not interest.wants("booking_created")
+    for bad in ("merchant:mB", "merchant:", "booking_exploded", "", None, 7, ["merchant:mA"]):
+        problem = interest.subscribe(bad)
+        assert problem is not None, bad
+    assert "own merchant" in (interest.subscribe("merchant:mB") or "")
+    assert not interest.wants("booking_created")  # refusals changed nothing
+
+
+@pytest.mark.parametrize("channel", ["booking_created", "booking_deleted"])
+def test_unsubscribing_one_channel_keeps_the_others(channel: str) -> None:
+    interest = Interest("mA")
+    assert interest.unsubscribe(channel) is None
+    assert not interest.wants(channel)
+    assert interest.wants("booking_updated")
