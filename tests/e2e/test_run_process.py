@@ -113,7 +113,6 @@ def test_run_stops_gracefully_on_sigterm(db_url: str, spawn: Spawn) -> None:
     code, stderr = stop(process)
     assert code == 0, stderr
     assert time.monotonic() - started < 8  # generous: the grace period is 5 s
-    assert "booking=b1" in stderr
     assert "relay stopping" in stderr
     assert "Traceback" not in stderr
 

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from conftest import make_settings
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay import app
 from relay.app import Relay
 from relay.auth import mint_token
 from relay.config import Settings
+from tests.conftest import make_settings
 
 SECRET = "live-test-secret-0123456789abcdef0123456789"
 

@@ -4,10 +4,10 @@ from typing import Any
 
 import asyncpg
 import httpx
-from conftest import make_settings
-from livekit import insert, live_settings, running, token
 
 from relay.app import Relay
+from tests.conftest import make_settings
+from tests.integration.livekit import insert, live_settings, running, token
 
 
 async def _get(relay: Relay, tok: str | None, **params: Any) -> httpx.Response:

@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 import socketio
-from livekit import insert, live_settings, running, token
 
 from relay.app import Relay
+from tests.integration.livekit import insert, live_settings, running, token
 
 
 class Client:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import insert, live_settings, running, token
+
+from tests.integration.livekit import insert, live_settings, running, token
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 

@@ -6,10 +6,11 @@ import socket
 
 import asyncpg
 import pytest
-from livekit import live_settings, running, token
-from test_socketio_gateway import sio_client
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from tests.integration.livekit import live_settings, running, token
+from tests.integration.test_socketio_gateway import sio_client
 
 EVENTS = 5000  # five feed batches of 1000
 

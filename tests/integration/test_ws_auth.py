@@ -5,10 +5,11 @@ import time
 
 import jwt
 import pytest
-from conftest import make_settings
-from livekit import SECRET, live_settings, recv, running, token, ws_client, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import make_settings
+from tests.integration.livekit import SECRET, live_settings, recv, running, token, ws_client, ws_url
 
 
 def _claims(**extra: object) -> dict[str, object]:

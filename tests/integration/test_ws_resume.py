@@ -5,8 +5,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from livekit import insert, live_settings, recv, running, token, ws_client, ws_url
 from websockets.asyncio.client import connect
+
+from tests.integration.livekit import insert, live_settings, recv, running, token, ws_client, ws_url
 
 
 async def test_ws_resume_with_since_delivers_every_event_once_in_order_across_out_of_order_commits(

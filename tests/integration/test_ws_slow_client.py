@@ -5,11 +5,11 @@ import socket
 
 import asyncpg
 import pytest
-from livekit import live_settings, recv, running, token, ws_client, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from relay.metrics import REGISTRY
+from tests.integration.livekit import live_settings, recv, running, token, ws_client, ws_url
 
 EVENTS = 5000  # five feed batches of 1000
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncpg
-from livekit import insert, live_settings, nothing_more, recv, running, token, ws_client
+
+from tests.integration.livekit import insert, live_settings, nothing_more, recv, running, token, ws_client
 
 
 async def test_ws_client_receives_own_merchant_events_and_never_another_merchants(db_url: str) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from livekit import insert, live_settings, recv, running, token, ws_client
-from test_socketio_gateway import sio_client
+from tests.integration.livekit import insert, live_settings, recv, running, token, ws_client
+from tests.integration.test_socketio_gateway import sio_client
 
 
 async def test_clients_on_two_relays_sharing_one_database_each_receive_every_event(db_url: str) -> None:

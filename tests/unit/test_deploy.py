@@ -51,6 +51,9 @@ def route_paths() -> set[str]:
         listener=idle,
     )
     app = build_app(relay)
+    # Unwrap the ASGI layers around the Starlette app (send capture, Socket.IO).
+    while not hasattr(app, "routes"):
+        app = getattr(app, "app", None) or app.other_asgi_app
     return {route.path for route in app.routes if isinstance(route, Route)}
 
 
