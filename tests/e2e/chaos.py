@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from relay.auth import mint_token
 from relay.config import Settings
-from relay.db import migrate
+from relay.db import TRANSIENT_ERRORS, migrate
 from relay.embedded import EmbeddedPostgres, free_port
 
 SECRET = "chaos-secret-0123456789abcdef0123456789"
@@ -129,6 +129,7 @@ class WebhookReceiver:
         self.received: dict[str, list[str]] = defaultdict(list)
         self.bad_signatures = 0
         self.last_delivery = 0.0
+        self.closing = asyncio.Event()
         self.app = Starlette(routes=[Route("/hook/{merchant}", self.hook, methods=["POST"])])
 
     async def hook(self, request: Request) -> Response:
@@ -136,7 +137,8 @@ class WebhookReceiver:
         body = await request.body()
         roll = self.rng.random()
         if roll < self.cfg.receiver_hang_rate:
-            await asyncio.sleep(30)  # longer than Relay's timeout
+            with contextlib.suppress(TimeoutError):  # hang for longer than Relay's timeout
+                await asyncio.wait_for(self.closing.wait(), 30)
             return Response(status_code=204)
         if roll < self.cfg.receiver_hang_rate + self.cfg.receiver_error_rate:
             return Response("chaos", status_code=500)
@@ -300,15 +302,28 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-async def _serve(app: Starlette) -> tuple[uvicorn.Server, int]:
+@dataclass
+class LocalServer:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 10)
+
+
+async def _serve(app: Starlette) -> LocalServer:
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", lifespan="off", timeout_graceful_shutdown=1
     )
-    asyncio.get_running_loop().create_task(server.serve())
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
-    return server, port
+    return LocalServer(server, task, port)
 
 
 def _vapid_env() -> dict[str, str]:
@@ -352,9 +367,11 @@ async def _writer(url: str, n: int, merchants: list[str], rng: random.Random, la
                 await conn.execute('DELETE FROM "Booking" WHERE id = $1', booking)
                 del mine[booking]
             done += 1
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             # A change whose commit was cut off may or may not have committed; relay.events
             # is the truth the report compares against, so nothing here needs to know.
+            if conn is not None:
+                conn.terminate()
             conn = None
             await asyncio.sleep(0.1)
         await asyncio.sleep(0)
@@ -386,7 +403,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
     pg.start()
     url = pg.url
     relays: list[RelayProcess] = []
-    servers: list[uvicorn.Server] = []
+    servers: list[LocalServer] = []
+    receiver = WebhookReceiver(cfg, rng)
+    push = PushService(cfg, rng)
     try:
         conn = await asyncpg.connect(url)
         await conn.execute(BOOKING)
@@ -394,12 +413,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         await conn.close()
 
         merchants = [f"merchant-{i}" for i in range(cfg.merchants)]
-        receiver = WebhookReceiver(cfg, rng)
-        push = PushService(cfg, rng)
-        server, receiver_port = await _serve(receiver.app)
-        servers.append(server)
-        server, push_port = await _serve(push.app)
-        servers.append(server)
+        servers.append(await _serve(receiver.app))
+        servers.append(await _serve(push.app))
+        receiver_port, push_port = servers[0].port, servers[1].port
 
         env = {
             **os.environ,
@@ -572,8 +588,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
     finally:
         for relay in relays:
             relay.stop()
+        receiver.closing.set()
         for server in servers:
-            server.should_exit = True
+            await server.close()
         pg.destroy()
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)

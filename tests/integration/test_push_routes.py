@@ -64,9 +64,10 @@ async def test_vapid_public_key_is_served(client: httpx.AsyncClient) -> None:
 
 async def test_push_routes_answer_503_json_while_push_is_off(db_url: str) -> None:
     settings = make_settings(db_url, jwt_secret=PUSH["jwt_secret"])
-    async with app.start(settings) as running, httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{running.http_port}"
-    ) as http:
+    async with (
+        app.start(settings) as running,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.http_port}") as http,
+    ):
         key = await http.get("/push/vapid-public-key")
         body = Browser().subscription(ENDPOINT)
         sub = await http.post("/push/subscriptions", json=body, headers=auth(running))
@@ -76,9 +77,10 @@ async def test_push_routes_answer_503_json_while_push_is_off(db_url: str) -> Non
 
 async def test_subscriptions_answer_503_json_while_token_routes_are_off(db_url: str) -> None:
     settings = make_settings(db_url, vapid_private_key=PRIVATE, vapid_subject="mailto:ops@example.com")
-    async with app.start(settings) as running, httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{running.http_port}"
-    ) as http:
+    async with (
+        app.start(settings) as running,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.http_port}") as http,
+    ):
         response = await http.post("/push/subscriptions", json=Browser().subscription(ENDPOINT))
     assert response.status_code == 503
     assert "RELAY_JWT_SECRET" in response.json()["error"]
@@ -208,7 +210,7 @@ async def test_service_worker_and_subscribe_snippet_are_served(client: httpx.Asy
     sw = await client.get("/sw.js")
     snippet = await client.get("/static/push.js")
     assert sw.status_code == 200 and "javascript" in sw.headers["content-type"]
-    assert "addEventListener(\"push\"" in sw.text and "notificationclick" in sw.text
+    assert 'addEventListener("push"' in sw.text and "notificationclick" in sw.text
     assert snippet.status_code == 200 and "pushManager.subscribe" in snippet.text
     assert "/push/vapid-public-key" in snippet.text and "/push/subscriptions" in snippet.text
 

@@ -40,7 +40,11 @@ class Env:
         sub_id: int = await self.conn.fetchval(
             """INSERT INTO relay.push_subscriptions (merchant_id, user_id, endpoint, p256dh, auth, channels)
                VALUES ($1, 'u1', $2, $3, $4, $5) RETURNING id""",
-            merchant, self.service.endpoint(name), keys["p256dh"], keys["auth"], channels,
+            merchant,
+            self.service.endpoint(name),
+            keys["p256dh"],
+            keys["auth"],
+            channels,
         )
         return sub_id
 
@@ -228,7 +232,9 @@ async def test_subscription_gets_only_its_merchants_events_and_honours_its_chann
         for d in planned
     }
     assert channels == {
-        (mine, "booking_created"), (mine, "booking_updated"), (mine, "booking_deleted"),
+        (mine, "booking_created"),
+        (mine, "booking_updated"),
+        (mine, "booking_deleted"),
         (created_only, "booking_created"),
         (theirs, "booking_created"),
     }

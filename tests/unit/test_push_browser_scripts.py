@@ -23,23 +23,37 @@ def run(mode: str, script: str, scenario: dict[str, Any]) -> list[Any]:
     assert NODE is not None
     done = subprocess.run(
         [NODE, str(HARNESS), mode, str(STATIC / script), json.dumps(scenario)],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     result: list[Any] = json.loads(done.stdout)
     return result
 
 
-NOTE = {"title": "New booking", "body": "Booking b1 was created (PENDING).", "tag": "booking-b1",
-        "url": "/?booking=b1", "data": {"id": "b1", "merchantId": "m1"}}
+NOTE = {
+    "title": "New booking",
+    "body": "Booking b1 was created (PENDING).",
+    "tag": "booking-b1",
+    "url": "/?booking=b1",
+    "data": {"id": "b1", "merchantId": "m1"},
+}
 
 
 def test_service_worker_shows_the_pushed_notification_and_opens_its_url_on_click() -> None:
     log = run("sw", "sw.js", {"push": json.dumps(NOTE)})
-    assert log[0] == ["show", "New booking", {
-        "body": NOTE["body"], "tag": "booking-b1", "renotify": True,
-        "data": {"url": "/?booking=b1", "payload": NOTE["data"]},
-    }]
+    assert log[0] == [
+        "show",
+        "New booking",
+        {
+            "body": NOTE["body"],
+            "tag": "booking-b1",
+            "renotify": True,
+            "data": {"url": "/?booking=b1", "payload": NOTE["data"]},
+        },
+    ]
     assert log[1:] == [["close"], ["open", "https://app.example.com/?booking=b1"]]
 
 

@@ -23,8 +23,14 @@ def test_notification_carries_title_body_tag_url_and_seed_payload() -> None:
 
 
 def test_updated_template_names_both_statuses() -> None:
-    data = {"id": "b1", "merchantId": "m1", "oldStatus": "PENDING", "newStatus": "CONFIRMED",
-            "operation": "UPDATE", "eventId": 8}
+    data = {
+        "id": "b1",
+        "merchantId": "m1",
+        "oldStatus": "PENDING",
+        "newStatus": "CONFIRMED",
+        "operation": "UPDATE",
+        "eventId": 8,
+    }
     note = json.loads(render("booking_updated", data))
     assert "PENDING" in note["body"] and "CONFIRMED" in note["body"]
 

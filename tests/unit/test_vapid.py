@@ -57,8 +57,11 @@ def test_private_key_without_subject_is_refused() -> None:
 def test_header_is_cached_per_origin_until_shortly_before_exp() -> None:
     now = [1_000_000.0]
     signer = VapidSigner(
-        ec.generate_private_key(ec.SECP256R1()), "mailto:ops@example.com",
-        lifetime=3600, refresh_before=60, clock=lambda: now[0],
+        ec.generate_private_key(ec.SECP256R1()),
+        "mailto:ops@example.com",
+        lifetime=3600,
+        refresh_before=60,
+        clock=lambda: now[0],
     )
     first = signer.header_for("https://push.example.com/a")
     assert signer.header_for("https://push.example.com/b") == first  # same origin
