@@ -10,8 +10,11 @@ import asyncpg
 import pytest
 
 from relay import app, metrics
+from relay.app import Relay
 from relay.config import Settings
 from relay.db import create_pool, q
+from relay.feed import Feed
+from relay.listener import Listener
 from relay.scheduler import Job, Scheduler, apply_retention, build_scheduler, refresh_queue_depths
 
 
@@ -336,7 +339,7 @@ async def test_relay_schedules_reconciliation_and_retention(settings: Settings, 
     assert jobs == {"retention", "disable_failing_endpoints"}
 
 
-async def test_channel_jobs_register_with_their_arguments(settings: Settings) -> None:
+async def test_channel_jobs_register_with_their_arguments(settings: Settings, pool: asyncpg.Pool) -> None:
     calls: asyncio.Queue[tuple[str, tuple[object, ...]]] = asyncio.Queue()
 
     async def disable_failing_endpoints(pool: asyncpg.Pool, days: float) -> None:
@@ -346,19 +349,24 @@ async def test_channel_jobs_register_with_their_arguments(settings: Settings) ->
         calls.put_nowait(("prune", (pool,)))
 
     settings = settings.model_copy(update={"endpoint_disable_after_days": 3.5})
-    async with app.start(settings, serve_http=False) as relay:
-        scheduler = build_scheduler(
-            relay,
-            disable_failing_endpoints=disable_failing_endpoints,
-            prune_push_subscriptions=prune_push_subscriptions,
-        )
-        jobs = {job.name: job for job in scheduler.jobs}
-        async with relay.pool.acquire() as conn:  # the relay's own scheduler may have just run them
-            await conn.execute("DELETE FROM relay.jobs")
-        assert await scheduler.run_job(jobs["disable_failing_endpoints"])
-        assert await scheduler.run_job(jobs["prune_push_subscriptions"])
-        got = [await asyncio.wait_for(calls.get(), 5) for _ in range(2)]
-    assert got == [("disable", (relay.pool, 3.5)), ("prune", (relay.pool,))]
+    # A relay that is not running: no scheduler of its own competes for the shared jobs.
+    feed = Feed(pool, reconcile_interval=settings.reconcile_interval)
+    idle = Relay(
+        settings=settings,
+        pool=pool,
+        feed=feed,
+        listener=Listener(settings.listen_url, on_notify=feed.notified, on_connect=feed.wake),
+    )
+    scheduler = build_scheduler(
+        idle,
+        disable_failing_endpoints=disable_failing_endpoints,
+        prune_push_subscriptions=prune_push_subscriptions,
+    )
+    jobs = {job.name: job for job in scheduler.jobs}
+    assert await scheduler.run_job(jobs["disable_failing_endpoints"])
+    assert await scheduler.run_job(jobs["prune_push_subscriptions"])
+    got = [await asyncio.wait_for(calls.get(), 5) for _ in range(2)]
+    assert got == [("disable", (pool, 3.5)), ("prune", (pool,))]
     assert jobs["disable_failing_endpoints"].shared and jobs["prune_push_subscriptions"].shared
     assert not jobs["reconcile"].shared and jobs["reconcile"].interval == settings.reconcile_interval
 

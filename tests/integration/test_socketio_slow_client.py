@@ -12,7 +12,8 @@ from websockets.exceptions import ConnectionClosed
 from tests.integration.livekit import live_settings, running, token
 from tests.integration.test_socketio_gateway import sio_client
 
-EVENTS = 5000  # five feed batches of 1000
+EVENTS = 5000
+BATCH = 1000  # one feed batch
 
 
 async def test_socketio_websocket_client_that_stops_reading_is_closed_while_others_keep_receiving(
@@ -36,14 +37,19 @@ async def test_socketio_websocket_client_that_stops_reading_is_closed_while_othe
             assert (await slow.recv()).startswith("40/notifications,")
             assert "connected" in await slow.recv()  # then it stops reading
             assert (await fast.next())[0] == "connected"
+            # Batch after batch, each read in full by the fast client before the next is
+            # committed: the fast client never falls behind, the slow one's backlog grows.
             conn = await asyncpg.connect(db_url)
-            await conn.execute(
-                """INSERT INTO "Booking" (id, "merchantId", status)
-                   SELECT 'b' || i, 'mA', 'PENDING' FROM generate_series(1, $1) AS i""",
-                EVENTS,
-            )
+            ids = []
+            for start in range(1, EVENTS + 1, BATCH):
+                await conn.execute(
+                    """INSERT INTO "Booking" (id, "merchantId", status)
+                       SELECT 'b' || i, 'mA', 'PENDING' FROM generate_series($1::int, $2::int) AS i""",
+                    start,
+                    start + BATCH - 1,
+                )
+                ids += [(await fast.next())[1]["id"] for _ in range(BATCH)]
             await conn.close()
-            ids = [(await fast.next())[1]["id"] for _ in range(EVENTS)]
             assert ids == [f"b{i}" for i in range(1, EVENTS + 1)]
             assert relay.live.room_size("mA") == 1
             with pytest.raises(ConnectionClosed) as closed:
