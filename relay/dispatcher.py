@@ -137,7 +137,7 @@ class Dispatcher:
                         await conn.execute(q("cursor_create"), channel.name)
                         position = await conn.fetchval(q("cursor_lock"), channel.name)
                     last = int(await conn.fetchval(q("max_position")))
-                    upto = min(position + self._plan_batch, last)
+                    upto = int(await conn.fetchval(q("plan_upto"), position, self._plan_batch))
                     if upto <= position:
                         continue
                     status = await conn.execute(channel.plan_sql, position, upto)

@@ -85,6 +85,16 @@ INSERT INTO relay.cursors (name, position)
 SELECT $1, last_position FROM relay.sequencer
 ON CONFLICT (name) DO NOTHING;
 
+-- name: plan_upto
+-- The position of the $2-th sequenced event after position $1 (positions have gaps),
+-- or $1 when none is waiting.
+SELECT coalesce(max(position), $1) FROM (
+    SELECT position FROM relay.events
+    WHERE position > $1 AND position IS NOT NULL
+    ORDER BY position
+    LIMIT $2
+) AS next_batch;
+
 -- name: cursor_set
 UPDATE relay.cursors SET position = $2 WHERE name = $1;
 

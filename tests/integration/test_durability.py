@@ -103,3 +103,29 @@ async def test_commits_out_of_id_order_reach_live_path_and_cursor_reader(db_url:
         for conn in (older, newer, reader):
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+async def test_positions_lost_in_a_crash_are_reassigned_above_every_cursor_handed_out(db_url: str) -> None:
+    """The sequencer commits asynchronously; if a crash loses its last commits, the events
+    come back unsequenced and the counter goes back. New positions must still lie above
+    every position a reader may hold, so resuming readers see duplicates, never gaps."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        for i in range(10):
+            await insert_booking(conn, f"b{i}")
+        await conn.execute(q("sequence_events"))
+        before = await conn.fetch("SELECT id, position FROM relay.events ORDER BY position")
+        handed_out = before[-1]["position"]
+        kept = before[4]["position"]
+        # What a crash that lost the last sequencer commit would leave behind:
+        await conn.execute("UPDATE relay.events SET position = NULL WHERE position > $1", kept)
+        await conn.execute("UPDATE relay.sequencer SET last_position = $1", kept)
+        await insert_booking(conn, "after-crash")
+        await conn.execute(q("sequence_events"))
+        after = await conn.fetch(
+            "SELECT id, position FROM relay.events WHERE position > $1 ORDER BY position", kept
+        )
+        assert [r["id"] for r in after] == [r["id"] for r in before[5:]] + [after[-1]["id"]]
+        assert min(r["position"] for r in after) > handed_out
+    finally:
+        await conn.close()

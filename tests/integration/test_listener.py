@@ -14,7 +14,8 @@ from tests.support import insert_booking, running, sample, with_user
 
 
 async def terminate(admin: asyncpg.Connection, pid: int) -> None:
-    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    """Terminate a backend and wait (up to 5 s) until it is gone."""
+    assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
 
 
 async def test_killed_listener_is_listening_again_within_a_second(settings: Settings, db_url: str) -> None:

@@ -27,6 +27,13 @@ async def test_ws_resume_with_since_delivers_every_event_once_in_order_across_ou
             """INSERT INTO "Booking" (id, "merchantId", status) VALUES ('early', 'mA', 'P')"""
         )
         await insert(db_url, ("other", "mB"), ("second", "mA"))
+        # The running relay sequences what has committed so far; only then does the
+        # transaction holding the lowest id commit.
+        sequenced = """SELECT count(*) FROM relay.events
+                       WHERE booking_id IN ('early', 'second') AND position IS NOT NULL"""
+        async with asyncio.timeout(5):
+            while await early.fetchval(sequenced) < 2:
+                await asyncio.sleep(0.01)
         await late_tx.commit()
         expected = ["early", "second", "late"]
 
