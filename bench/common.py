@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -41,11 +42,22 @@ def median(values: Sequence[float]) -> float:
 
 
 def row(
-    metric: str, relay: float, baseline: float, goal: str, *, unit: str = "", ratio: float | None = None
+    metric: str,
+    relay: float,
+    baseline: float,
+    goal: str,
+    unit: str = "",
+    *,
+    ratio: float | None = None,
+    difference: bool = False,
 ) -> Row:
+    """One line of the report; ``difference`` compares by relay - baseline instead of a ratio."""
     if ratio is None:
-        ratio = relay / baseline if baseline else float("nan")
-    return {
+        if difference:
+            ratio = relay - baseline
+        else:
+            ratio = relay / baseline if baseline else float("nan")
+    made: Row = {
         "metric": metric,
         "relay": relay,
         "baseline": baseline,
@@ -53,3 +65,17 @@ def row(
         "goal": goal,
         "unit": unit,
     }
+    if difference:
+        made["ratio_kind"] = "difference (ms)"
+    return made
+
+
+@contextmanager
+def database_url(durable: bool = False) -> Iterator[str]:
+    """``BENCH_DATABASE_URL`` when set, else the URL of a server of the bench's own."""
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with server(durable=durable) as pg:
+        yield pg.url

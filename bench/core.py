@@ -194,10 +194,9 @@ async def handoff_latency(url: str, events: int, interval: float) -> list[Row]:
                 b,
                 "p99 <= floor + 1 ms" if p == 99 else "",
                 unit="ms",
-                ratio=r - b,
+                difference=True,
             )
         )
-    rows[-1]["ratio_kind"] = rows[0]["ratio_kind"] = "difference (ms)"
     return rows
 
 

@@ -45,6 +45,8 @@ import asyncpg
 import httpx
 import jwt
 
+from bench.common import percentile
+from bench.common import row as _row
 from relay.db import migrate
 from relay.embedded import EmbeddedPostgres, free_port
 
@@ -71,15 +73,6 @@ class Plan:
         return cls(
             latency_clients=200, merchants=20, rate=100.0, seconds=3.0, fanout_sizes=(200, 1000), repeats=2
         )
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def rss_kb(pid: int) -> int:
@@ -403,23 +396,6 @@ def rows(plan: Plan, ws: dict[str, Any], sio: dict[str, Any], seed: dict[str, An
         if share < 1:
             out.append(_row(f"{name} share of latency-phase deliveries received", share, NAN, "1.0", ""))
     return out
-
-
-def _row(
-    metric: str, relay: float, baseline: float, goal: str, unit: str, *, difference: bool = False
-) -> Row:
-    ratio = relay - baseline if difference else (relay / baseline if baseline else NAN)
-    row: Row = {
-        "metric": metric,
-        "relay": relay,
-        "baseline": baseline,
-        "ratio": ratio,
-        "goal": goal,
-        "unit": unit,
-    }
-    if difference:
-        row["ratio_kind"] = "difference (ms)"
-    return row
 
 
 def run(quick: bool = False) -> list[Row]:

@@ -19,19 +19,18 @@ import contextlib
 import ipaddress
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from bench.common import database_url, percentile, row
 from relay.db import migrate
 from relay.webhooks import add_endpoint
 
@@ -48,44 +47,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def row(metric: str, relay: float, baseline: float, goal: str, unit: str) -> Row:
-    ratio = relay / baseline if baseline else float("nan")
-    return {
-        "metric": metric,
-        "relay": round(relay, 2),
-        "baseline": round(baseline, 2),
-        "ratio": round(ratio, 2),
-        "goal": goal,
-        "unit": unit,
-    }
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    """An embedded server of the bench's own, or ``BENCH_DATABASE_URL`` (a scratch database in it)."""
-    from relay.embedded import EmbeddedPostgres
-
-    if os.environ.get("BENCH_DATABASE_URL"):
-        yield os.environ["BENCH_DATABASE_URL"]
-        return
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "pgdata", durable=False)
-    pg.start()
-    try:
-        yield pg.url
-    finally:
-        pg.destroy()
-        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -312,7 +273,7 @@ async def _run(db_url: str, quick: bool) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
-    with database() as db_url:
+    with database_url() as db_url:
         return asyncio.run(_run(db_url, quick))
 
 

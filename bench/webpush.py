@@ -24,17 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,6 +37,8 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPusher
 
+from bench.common import database_url
+from bench.common import row as _row
 from relay import app
 from relay.channels.notification import render
 from relay.channels.webpush import SendCosts, Subscription, WebPushSender
@@ -136,17 +133,13 @@ async def _measure(port: int, sends: int, concurrency: int, connections: int) ->
     return {"rate": sends / elapsed, "split": split, "failures": failures}
 
 
-def _row(metric: str, relay: float, baseline: float, goal: str, unit: str) -> dict[str, Any]:
-    ratio = relay / baseline if baseline else float("nan")
-    return {"metric": metric, "relay": round(relay, 4), "baseline": round(baseline, 4),
-            "ratio": round(ratio, 3), "goal": goal, "unit": unit}
-
-
 def _encode_floor(sends: int) -> float:
     """Bare ``WebPusher.encode`` per second: the CPU floor of a send."""
     key = ec.generate_private_key(ec.SECP256R1())
-    info = {"endpoint": "https://push.example.com/x",
-            "keys": {"p256dh": b64url_encode(public_key_bytes(key)), "auth": b64url_encode(bytes(16))}}
+    info = {
+        "endpoint": "https://push.example.com/x",
+        "keys": {"p256dh": b64url_encode(public_key_bytes(key)), "auth": b64url_encode(bytes(16))},
+    }
     plaintext = render("booking_created", DATA)
     started = time.perf_counter()
     for _ in range(sends):
@@ -161,24 +154,6 @@ def _sign_ms(rounds: int = 200) -> float:
     for i in range(rounds):
         signer.header_for(f"https://push{i}.example.com/x")  # a new origin: never cached
     return 1000 * (time.perf_counter() - started) / rounds
-
-
-@contextlib.contextmanager
-def _database() -> Iterator[str]:
-    """A scratch database in ``BENCH_DATABASE_URL`` when set, else a server of the bench's own."""
-    from relay.embedded import EmbeddedPostgres
-
-    url = os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        yield url
-        return
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "pgdata", durable=False)
-    pg.start()
-    try:
-        yield pg.url
-    finally:
-        pg.destroy()
-        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
 
 
 async def _scratch(admin_url: str) -> str:
@@ -232,9 +207,10 @@ async def _measure_e2e(admin_url: str, port: int, sends: int) -> float:
                     [(f"b{i}",) for i in range(bookings)],
                 )
             expected = bookings * SUBSCRIPTIONS
-            while await conn.fetchval(
-                "SELECT count(*) FROM relay.deliveries WHERE state = 'succeeded'"
-            ) < expected:
+            while (
+                await conn.fetchval("SELECT count(*) FROM relay.deliveries WHERE state = 'succeeded'")
+                < expected
+            ):
                 if time.perf_counter() - started > 120:
                     raise RuntimeError("push deliveries did not finish within 120 s")
                 await asyncio.sleep(0.05)
@@ -256,7 +232,7 @@ def run(
         port = ours.recv()
         floor = _encode_floor(sends)
         result = asyncio.run(_measure(port, sends, concurrency, connections))
-        with _database() as admin_url:
+        with database_url() as admin_url:
             e2e = asyncio.run(_measure_e2e(admin_url, port, sends))
     finally:
         ours.send("stop")
@@ -270,13 +246,29 @@ def run(
     sign_ms = _sign_ms()
     per_s = f">= {GOAL:.0f}/s"
     rows = [
-        _row(f"push sends/s, 1 process, {concurrency} in flight, {connections} connections "
-             "(baseline: bare WebPusher.encode/s)", round(rate), round(floor), per_s, "sends/s"),
-        _row("push deliveries/s end to end: commit -> dispatcher -> push service "
-             "(baseline: bare encode/s)", round(e2e), round(floor), per_s, "deliveries/s"),
+        _row(
+            f"push sends/s, 1 process, {concurrency} in flight, {connections} connections "
+            "(baseline: bare WebPusher.encode/s)",
+            round(rate),
+            round(floor),
+            per_s,
+            "sends/s",
+        ),
+        _row(
+            "push deliveries/s end to end: commit -> dispatcher -> push service (baseline: bare encode/s)",
+            round(e2e),
+            round(floor),
+            per_s,
+            "deliveries/s",
+        ),
         _row("push encrypt ms/send (baseline: bare encode)", split["encrypt"], floor_ms, "", "ms"),
-        _row("push sign ms/send, cached VAPID (baseline: one uncached signature)",
-             split["sign"], sign_ms, "cached", "ms"),
+        _row(
+            "push sign ms/send, cached VAPID (baseline: one uncached signature)",
+            split["sign"],
+            sign_ms,
+            "cached",
+            "ms",
+        ),
         _row("push HTTP ms/send, sequential (baseline: whole send)", split["http"], total_ms, "", "ms"),
     ]
     if result["failures"]:
@@ -293,8 +285,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8, help="httpx pool size")
     args = parser.parse_args()
     for row in run(args.quick, args.sends, args.concurrency, args.connections):
-        print(f"{row['metric']:<95} relay={row['relay']!s:>9} baseline={row['baseline']!s:>9} "
-              f"ratio={row['ratio']!s:>6} goal={row['goal']}")
+        print(
+            f"{row['metric']:<95} relay={row['relay']!s:>9} baseline={row['baseline']!s:>9} "
+            f"ratio={row['ratio']!s:>6} goal={row['goal']}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,3 +75,12 @@ async def insert(db_url: str, *bookings: tuple[str, str]) -> None:
             )
     finally:
         await conn.close()
+
+
+async def small_window_socket(relay: Relay) -> socket.socket:
+    """A connected client socket with a tiny receive window: a backlog stays on the server."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", relay.http_port))
+    return raw

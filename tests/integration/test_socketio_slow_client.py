@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import asyncpg
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.livekit import live_settings, running, token
+from tests.integration.livekit import live_settings, running, small_window_socket, token
 from tests.integration.test_socketio_gateway import sio_client
 
 EVENTS = 5000
@@ -23,10 +22,7 @@ async def test_socketio_websocket_client_that_stops_reading_is_closed_while_othe
     async with running(settings) as relay:
         relay.live.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
         tok = token(settings, "mA")
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", relay.http_port))
+        raw = await small_window_socket(relay)
         url = f"ws://127.0.0.1:{relay.http_port}/socket.io/?EIO=4&transport=websocket"
         async with (
             connect(url, sock=raw, max_queue=1, compression=None) as slow,

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import asyncpg
 import pytest
@@ -9,7 +8,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from relay.metrics import REGISTRY
-from tests.integration.livekit import live_settings, recv, running, token, ws_client, ws_url
+from tests.integration.livekit import (
+    live_settings,
+    recv,
+    running,
+    small_window_socket,
+    token,
+    ws_client,
+    ws_url,
+)
 
 EVENTS = 5000
 BATCH = 1000  # one feed batch
@@ -22,12 +29,7 @@ async def test_ws_client_that_stops_reading_is_closed_with_1013_while_others_kee
     async with running(settings) as relay:
         relay.live.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
         tok = token(settings, "mA")
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
-        )  # a small window: backlog stays on the server
-        raw.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", relay.http_port))
+        raw = await small_window_socket(relay)
         async with (
             connect(ws_url(relay, f"token={tok}"), sock=raw, max_queue=1, compression=None) as slow,
             ws_client(relay, tok) as fast,
@@ -63,10 +65,7 @@ async def test_ws_client_that_never_reads_again_is_dropped_after_the_close_grace
         relay.live.max_buffer = 100 * 1024  # above the transport high-water mark: writing is paused
         relay.live.close_grace = 0.3
         tok = token(settings, "mA")
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", relay.http_port))
+        raw = await small_window_socket(relay)
         start = REGISTRY.get_sample_value("relay_ws_connections", gauge) or 0
         url = ws_url(relay, f"token={tok}")
         async with connect(url, sock=raw, max_queue=1, compression=None, close_timeout=1) as stalled:
