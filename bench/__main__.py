@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         for r in suite_rows:
             r.setdefault("suite", name)
         rows += suite_rows
-    path = write(rows)
+    path = write(rows, "quick" if quick else "latest")
     print(markdown(rows))
     print(f"\nwritten to {path}", file=sys.stderr)
     return 0
