@@ -394,7 +394,7 @@ def _paths() -> Schema:
                         "name": "endpoint_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "integer", "minimum": 0},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX},
                     }
                 ],
                 "responses": _responses({"204": {"description": "Removed."}}, "404", *token_errors),
