@@ -11,7 +11,7 @@ import sys
 
 from bench.report import markdown, write
 
-SUITES = ("core", "webhooks", "webpush", "live", "ops")
+SUITES = ("core", "webhooks", "webpush", "live", "load", "ops")
 
 
 def main(argv: list[str]) -> int:

@@ -179,10 +179,14 @@ class LoadGen:
 
 
 @asynccontextmanager
-async def clients(mode: str, url: str, merchants: Sequence[str]) -> AsyncIterator[LoadGen]:
+async def clients(
+    mode: str, url: str, merchants: Sequence[str], *, tag: bool = False
+) -> AsyncIterator[LoadGen]:
+    """One connection per merchant entry; with ``tag`` each record carries the client's index."""
     tokens = [mint(m, f"u{i}") for i, m in enumerate(merchants)]
+    config = {"mode": mode, "url": url, "tokens": tokens, "concurrency": 50, "deflate": DEFLATE, "tag": tag}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"mode": mode, "url": url, "tokens": tokens, "concurrency": 50, "deflate": DEFLATE}, f)
+        json.dump(config, f)
     process = await asyncio.create_subprocess_exec(
         "node",
         str(NODE_DIR / "loadgen.js"),

@@ -89,6 +89,6 @@ def encode_cursor(position: int) -> str:
 
 def decode_cursor(cursor: str) -> int:
     """Parse a cursor handed out earlier; raise ValueError for anything else."""
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19 or int(cursor) > 2**63 - 1:
         raise ValueError(f"invalid cursor {cursor[:40]!r}")
     return int(cursor)

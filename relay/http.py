@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -14,8 +15,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from relay import metrics, polling
+from relay import metrics, openapi, polling
 from relay.channels import socketio, websocket
+from relay.http_auth import error
 from relay.http_webhooks import webhook_routes
 from relay.push_http import push_routes
 from relay.wire import CaptureSend
@@ -31,12 +33,19 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGI
     async def readyz(_request: Request) -> Response:
         problems = await relay.readiness_problems()
         if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+            message = "not ready: " + "; ".join(problems)
+            body = {"status": "unavailable", "error": message, "problems": problems}
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(_request: Request) -> Response:
         await relay.refresh_gauges()
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    api_document = openapi.document()
+
+    async def openapi_json(_request: Request) -> Response:
+        return JSONResponse(api_document)
 
     async def calendar(_request: Request) -> Response:
         return HTMLResponse(resources.files("relay").joinpath("static/index.html").read_text("utf-8"))
@@ -46,6 +55,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGI
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        Route("/openapi.json", openapi_json),
         *push_routes(relay),
         *webhook_routes(relay),
         *websocket.routes(relay),
@@ -61,5 +71,22 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGI
             allow_headers=["Authorization", "Content-Type"],
         )
     ]
-    app = Starlette(routes=routes, middleware=middleware if origins else None)
+    app = Starlette(
+        routes=routes,
+        middleware=middleware if origins else None,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
     return CaptureSend(socketio.mount(relay, app))
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 / 405 as JSON errors like every other (with its ``Allow`` header)."""
+    assert isinstance(exc, HTTPException)
+    response = error(exc.status_code, exc.detail)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _server_error(_request: Request, _exc: Exception) -> Response:
+    """A bug answers JSON too (the traceback is logged by Starlette's error middleware)."""
+    return error(500, "internal server error")

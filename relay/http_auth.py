@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from relay.auth import AuthError, Claims, TokenVerifier
@@ -13,6 +14,25 @@ from relay.auth import AuthError, Claims, TokenVerifier
 def error(status: int, message: str) -> JSONResponse:
     """Every error the HTTP API returns is JSON with a message."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+MAX_BODY = 16 * 1024
+
+
+async def read_json(request: Request, max_bytes: int = MAX_BODY) -> object | JSONResponse:
+    """The request's JSON body, or the error to send: 413 past ``max_bytes``, 400 when it is not
+    JSON that could be stored (nested past the parser's limit, lone UTF-16 surrogates)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return error(413, f"body larger than {max_bytes} bytes")
+    try:
+        parsed: object = json.loads(body)
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeError):
+        return error(400, "body is not JSON")
+    return parsed
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:

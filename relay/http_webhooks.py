@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from relay.db import TRANSIENT_ERRORS
 from relay.egress import EgressRefused
-from relay.http_auth import authenticate, error
+from relay.http_auth import authenticate, error, read_json
 from relay.webhooks import EndpointError, add_endpoint, delete_endpoint, list_endpoints
 
 if TYPE_CHECKING:
     from relay.app import Relay
 
 
+logger = logging.getLogger(__name__)
+
+BIGINT_MAX = 2**63 - 1
+
+
 async def _json_body(request: Request) -> dict[str, Any] | Response:
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        return error(400, "body must be JSON")
+    body = await read_json(request)
+    if isinstance(body, Response):
+        return body
     if not isinstance(body, dict):
         return error(400, "body must be a JSON object")
     return body
@@ -29,6 +35,13 @@ async def _json_body(request: Request) -> dict[str, Any] | Response:
 
 def webhook_routes(relay: Relay) -> list[BaseRoute]:
     async def endpoints(request: Request) -> Response:
+        try:
+            return await _endpoints(request)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            logger.warning("webhooks API: database error (%s: %s)", type(exc).__name__, exc)
+            return error(503, "database unavailable; try again")
+
+    async def _endpoints(request: Request) -> Response:
         claims = authenticate(request, relay.verifier)
         if isinstance(claims, Response):
             return claims
@@ -59,10 +72,14 @@ def webhook_routes(relay: Relay) -> list[BaseRoute]:
             if isinstance(body, Response):
                 return body
             raw_id = body.get("id")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, int | str):
+            return error(422, "id: expected the endpoint's id")
         try:
             endpoint_id = int(raw_id)
-        except (TypeError, ValueError):
+        except ValueError:
             return error(422, "id: expected the endpoint's id")
+        if not 0 < endpoint_id <= BIGINT_MAX:
+            return error(404, "no such webhook endpoint")
         if not await delete_endpoint(relay.pool, endpoint_id, merchant):
             return error(404, "no such webhook endpoint")
         return Response(status_code=204)

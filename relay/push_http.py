@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from relay.db import TRANSIENT_ERRORS, q
 from relay.egress import EgressRefused, system_resolver, validate_url
 from relay.errors import ConfigError
 from relay.events import CHANNELS
-from relay.http_auth import authenticate, error
+from relay.http_auth import MAX_BODY, authenticate, error, read_json
 from relay.vapid import VapidSigner, b64url_decode
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 PUSH_OFF = "Web Push is off: set RELAY_VAPID_PRIVATE_KEY and RELAY_VAPID_SUBJECT (see `relay vapid-keys`)"
 MAX_ENDPOINT = 2048
-MAX_BODY = 16 * 1024
 MAX_EXPIRATION_MS = 253402300799000  # 9999-12-31, as PushSubscription.expirationTime (ms)
 
 
@@ -116,6 +114,13 @@ class EndpointIn(BaseModel):
 
     endpoint: Annotated[str, Field(min_length=1, max_length=MAX_ENDPOINT)]
 
+    @field_validator("endpoint")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     found = []
@@ -153,19 +158,6 @@ async def endpoint_problem(endpoint: str, allow: list[IPNetwork]) -> str | None:
     return None
 
 
-async def _json_body(request: Request) -> object | Response:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return error(413, f"body larger than {MAX_BODY} bytes")
-    try:
-        parsed: object = json.loads(body)
-    except ValueError:
-        return error(400, "body is not JSON")
-    return parsed
-
-
 def push_routes(relay: Relay) -> list[BaseRoute]:
     """The Web Push routes of ``build_app``."""
     settings: Settings = relay.settings
@@ -198,7 +190,7 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
         claims = authenticate(request, relay.verifier)
         if isinstance(claims, Response):
             return claims
-        body = await _json_body(request)
+        body = await read_json(request, MAX_BODY)
         if isinstance(body, Response):
             return body
         if request.method == "DELETE":

@@ -52,6 +52,8 @@ def parse_events(events: Iterable[str] | str | None) -> list[str] | None:
     """An event filter: channel names, or None for every channel."""
     if events is None:
         return None
+    if not isinstance(events, str | list | tuple):
+        raise EndpointError("events must be a list of channel names")
     items = [e.strip() for e in events.split(",")] if isinstance(events, str) else list(events)
     if not all(isinstance(e, str) for e in items):
         raise EndpointError("events must be a list of channel names")

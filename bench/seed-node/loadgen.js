@@ -3,7 +3,9 @@
 // "concurrency"}. Opens one connection per token (socket.io-client the way the seed's hook does,
 // plus forceNew so each is its own connection), prints {"ready": n, "failed": k}, then answers
 // stdin lines: "count" -> {"count": n}, "dump" -> {"records": [[bookingId, receivedAtMs], ...]}
-// (and forgets them), "quit" -> closes everything and exits. Times are wall-clock milliseconds.
+// (and forgets them), "take N" -> the oldest N records (forgotten), "stats" -> {"count": n, "closed": k} (connections closed after they were ready),
+// "quit" -> closes everything and exits. Times are wall-clock milliseconds. With "tag": true in CONFIG
+// each /ws record also carries the client's index: [bookingId, receivedAtMs, clientIndex].
 "use strict";
 const fs = require("fs");
 const readline = require("readline");
@@ -14,22 +16,30 @@ const { io } = require("socket.io-client");
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const now = () => performance.timeOrigin + performance.now();
 let records = [];
+let closed = 0;
 const sockets = [];
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
-function openWs(token) {
+function openWs(token, index) {
   return new Promise((resolve, reject) => {
+    let ready = false;
     const ws = new WebSocket(`${cfg.url.replace(/^http/, "ws")}/ws?token=${token}`, {
       perMessageDeflate: cfg.deflate !== false,
     });
     sockets.push(ws);
     ws.on("message", (raw) => {
       const m = JSON.parse(raw);
-      if (m.type === "event") records.push([m.data.id, now()]);
-      else if (m.type === "connected") resolve();
+      if (m.type === "event") records.push(cfg.tag ? [m.data.id, now(), index] : [m.data.id, now()]);
+      else if (m.type === "connected") {
+        ready = true;
+        resolve();
+      }
     });
     ws.on("error", reject);
-    ws.on("close", (code) => reject(new Error(`closed ${code}`)));
+    ws.on("close", (code) => {
+      if (ready) closed++;
+      reject(new Error(`closed ${code}`));
+    });
   });
 }
 
@@ -56,9 +66,10 @@ async function main() {
   let next = 0, ready = 0, failed = 0;
   async function worker() {
     while (next < cfg.tokens.length) {
-      const token = cfg.tokens[next++];
+      const index = next++;
+      const token = cfg.tokens[index];
       try {
-        await open(token);
+        await open(token, index);
         ready++;
       } catch (e) {
         failed++;
@@ -70,6 +81,8 @@ async function main() {
   const rl = readline.createInterface({ input: process.stdin });
   rl.on("line", (line) => {
     if (line === "count") out({ count: records.length });
+    else if (line === "stats") out({ count: records.length, closed });
+    else if (line.startsWith("take ")) out({ records: records.splice(0, Number(line.slice(5))) });
     else if (line === "dump") {
       out({ records });
       records = [];
