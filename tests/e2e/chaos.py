@@ -383,18 +383,24 @@ async def _writer(url: str, n: int, merchants: list[str], rng: random.Random, la
 
 
 async def _kill_listeners(url: str, cfg: ChaosConfig, stop: asyncio.Event, report: Report) -> None:
+    """Terminate every relay listener's backend about every ``kill_listener_every`` seconds."""
+    conn: asyncpg.Connection | None = None
     while not stop.is_set():
         await asyncio.sleep(cfg.kill_listener_every * random.uniform(0.6, 1.4))
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            conn = await asyncpg.connect(url, timeout=2)
-            try:
-                killed = await conn.fetchval(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'relay-listener') k"
-                )
-                report.listener_kills += int(killed or 0)
-            finally:
-                await conn.close()
+        try:
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(url, timeout=2)
+            killed = await conn.fetchval(
+                "SELECT coalesce(sum(pg_terminate_backend(pid)::int), 0) FROM pg_stat_activity "
+                "WHERE application_name = 'relay-listener'"
+            )
+            report.listener_kills += int(killed)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
+            if conn is not None:
+                conn.terminate()
+            conn = None
+    if conn is not None:
+        await conn.close()
 
 
 async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
