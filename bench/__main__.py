@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 
-from bench.report import markdown, write
+from bench.common import Row
+from bench.report import RESULTS, markdown, write
 
 SUITES = ("core", "webhooks", "webpush", "live", "load", "ops")
 
@@ -30,10 +32,23 @@ def main(argv: list[str]) -> int:
         for r in suite_rows:
             r.setdefault("suite", name)
         rows += suite_rows
+    if not quick and set(chosen) != set(SUITES):
+        rows = merged_with_report(rows, chosen)
     path = write(rows, "quick" if quick else "latest")
     print(markdown(rows))
     print(f"\nwritten to {path}", file=sys.stderr)
     return 0
+
+
+def merged_with_report(rows: list[Row], chosen: list[str]) -> list[Row]:
+    """A run of some suites replaces their rows in the report of record, keeping the rest."""
+    try:
+        kept = json.loads((RESULTS / "latest.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return rows
+    combined = [r for r in kept if r.get("suite") not in chosen] + rows
+    order = {name: i for i, name in enumerate(SUITES)}
+    return sorted(combined, key=lambda r: order.get(str(r.get("suite")), len(order)))
 
 
 if __name__ == "__main__":
