@@ -65,6 +65,25 @@ def backoff(attempt: int, *, base: float = 0.05, cap: float = 10.0) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
+class FailureStreak:
+    """Consecutive failures of one background loop: log the first and every 20th, and
+    back off (exponentially, with jitter) before the next try. ``reset()`` on success."""
+
+    def __init__(self, what: str, *, base: float = 0.1, cap: float = 5.0, log_every: int = 20) -> None:
+        self.what, self.base, self.cap, self.log_every = what, base, cap, log_every
+        self.count = 0
+
+    def reset(self) -> None:
+        self.count = 0
+
+    async def pause(self, exc: BaseException, stop: asyncio.Event) -> None:
+        delay = backoff(self.count, base=self.base, cap=self.cap)
+        self.count += 1
+        if self.count == 1 or self.count % self.log_every == 0:
+            logger.warning("%s (%s: %s); retrying in %.2fs", self.what, type(exc).__name__, exc, delay)
+        await sleep_or_stop(stop, delay)
+
+
 async def create_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool:
     """A pool that opens no connection up front, so start-up works while the database is away."""
     kwargs.setdefault("min_size", 0)

@@ -33,7 +33,7 @@ import asyncpg
 from relay import metrics
 from relay.aio import sleep_or_stop, wait_any
 from relay.channels.base import Channel, Delivery, Outcome
-from relay.db import TRANSIENT_ERRORS, backoff, q, retrying
+from relay.db import TRANSIENT_ERRORS, FailureStreak, backoff, q, retrying
 from relay.events import Event
 from relay.retry import RetrySchedule
 
@@ -96,18 +96,15 @@ class Dispatcher:
         self._plan_wake.set()
 
     async def plan_loop(self, stop: asyncio.Event) -> None:
-        failures = 0
+        failures = FailureStreak("cannot plan deliveries")
         sequence = True
         while not stop.is_set():
             try:
                 more = await self.plan_once(sequence=sequence)
-                failures = 0
+                failures.reset()
                 self.started.set()
             except TRANSIENT_ERRORS as exc:
-                failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    logger.warning("cannot plan deliveries (%s: %s)", type(exc).__name__, exc)
-                await sleep_or_stop(stop, backoff(failures, base=0.1, cap=5.0))
+                await failures.pause(exc, stop)
                 continue
             if more:
                 continue
@@ -156,7 +153,7 @@ class Dispatcher:
         async with asyncio.TaskGroup() as tasks:
             recorder = tasks.create_task(self._record_loop(), name="relay-dispatch-recorder")
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
-            failures = 0
+            failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
                 room = self._concurrency * 2 - len(self._held)
                 if room <= 0:
@@ -166,12 +163,9 @@ class Dispatcher:
                 self._claim_wake.clear()
                 try:
                     claimed = await self._claim(min(room, self._batch))
-                    failures = 0
+                    failures.reset()
                 except TRANSIENT_ERRORS as exc:
-                    failures += 1
-                    if failures == 1 or failures % 20 == 0:
-                        logger.warning("cannot claim deliveries (%s: %s)", type(exc).__name__, exc)
-                    await sleep_or_stop(stop, backoff(failures, base=0.1, cap=5.0))
+                    await failures.pause(exc, stop)
                     continue
                 for delivery, event in claimed:
                     task = tasks.create_task(

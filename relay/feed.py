@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from relay import metrics
-from relay.aio import sleep_or_stop, wait_any
-from relay.db import TRANSIENT_ERRORS, backoff, q, retrying
+from relay.aio import wait_any
+from relay.db import TRANSIENT_ERRORS, FailureStreak, q, retrying
 from relay.events import Event
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Feed:
             raise
         logger.info("feed starts after position %s", self.position)
         self.started.set()
-        failures = 0
+        failures = FailureStreak("feed cannot read events")
         while not stop.is_set():
             await wait_any(self._wake, stop, timeout=self._interval)
             if stop.is_set():
@@ -83,13 +83,9 @@ class Feed:
             self._wake.clear()
             try:
                 more = await self.advance()
-                failures = 0
+                failures.reset()
             except TRANSIENT_ERRORS as exc:
-                delay = backoff(failures, base=0.1, cap=5.0)
-                failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    logger.warning("feed cannot read events (%s: %s)", type(exc).__name__, exc)
-                await sleep_or_stop(stop, delay)
+                await failures.pause(exc, stop)
                 more = True
             if more:
                 self._wake.set()

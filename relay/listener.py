@@ -17,8 +17,8 @@ from collections.abc import Callable
 import asyncpg
 
 from relay import metrics
-from relay.aio import sleep_or_stop, wait_any
-from relay.db import TRANSIENT_ERRORS, backoff
+from relay.aio import wait_any
+from relay.db import TRANSIENT_ERRORS, FailureStreak
 from relay.events import CHANNELS, MalformedNotification, parse_notification
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Listener:
         """Listen until ``stop`` is set, reconnecting for ever with capped backoff."""
         consumer = asyncio.create_task(self._consume(), name="relay-notify-consumer")
         try:
-            attempt = 0
+            failures = FailureStreak("listener cannot connect", base=0.05, cap=self._max_delay)
             down_since: float | None = None
             while not stop.is_set():
                 try:
@@ -81,20 +81,11 @@ class Listener:
                         server_settings={"application_name": "relay-listener"},
                     )
                 except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-                    delay = backoff(attempt, cap=self._max_delay)
-                    if attempt == 0 or attempt % 20 == 0:
-                        logger.warning(
-                            "listener cannot connect (%s: %s); retrying in %.2fs",
-                            type(exc).__name__,
-                            exc,
-                            delay,
-                        )
-                    attempt += 1
-                    await sleep_or_stop(stop, delay)
+                    await failures.pause(exc, stop)
                     continue
+                failures.reset()
                 try:
                     await self._listen(conn, stop, reconnect=self.connections > 0)
-                    attempt = 0
                     if down_since is not None:
                         metrics.listener_disconnected_seconds.inc(time.monotonic() - down_since)
                 except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
