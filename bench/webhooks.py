@@ -32,7 +32,7 @@ import httpx
 
 from bench.common import database_url, percentile, row
 from relay.db import migrate
-from relay.webhooks import add_endpoint
+from relay.webhooks.endpoints import add_endpoint
 
 Row = dict[str, Any]
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""

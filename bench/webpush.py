@@ -40,12 +40,12 @@ from pywebpush import WebPusher
 from bench.common import database_url
 from bench.common import row as _row
 from relay import app
-from relay.channels.notification import render
-from relay.channels.webpush import SendCosts, Subscription, WebPushSender
 from relay.config import Settings
 from relay.db import migrate
 from relay.egress import build_client
-from relay.vapid import VapidSigner, b64url_encode, generate_key_pair, public_key_bytes
+from relay.push.notification import render
+from relay.push.sender import SendCosts, Subscription, WebPushSender
+from relay.push.vapid import VapidSigner, b64url_encode, generate_key_pair, public_key_bytes
 
 GOAL = 800.0
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""

@@ -17,20 +17,20 @@ from starlette.routing import BaseRoute
 
 from relay import metrics
 from relay.auth import TokenVerifier
-from relay.channels.base import Channel
-from relay.channels.webhook import WebhookChannel
-from relay.channels.webpush import WebPushChannel, prune_push_subscriptions
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
+from relay.destinations import Channel
 from relay.dispatcher import Dispatcher
 from relay.egress import build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
-from relay.live import Hub
+from relay.live.hub import Hub
+from relay.live.wire import LiveWebSocketProtocol
+from relay.push.sender import WebPushChannel, prune_push_subscriptions
 from relay.scheduler import build_scheduler
-from relay.webhooks import disable_failing_endpoints
-from relay.wire import LiveWebSocketProtocol
+from relay.webhooks.endpoints import disable_failing_endpoints
+from relay.webhooks.sender import WebhookChannel
 
 logger = logging.getLogger(__name__)
 

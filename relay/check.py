@@ -89,7 +89,7 @@ def push_key_problems(settings: Settings) -> list[tuple[str, str]]:
     if not settings.push_enabled:
         return []
     from relay.errors import ConfigError
-    from relay.vapid import VapidSigner
+    from relay.push.vapid import VapidSigner
 
     try:
         VapidSigner.from_settings(settings)

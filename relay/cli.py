@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import asyncpg
 
-from relay import logs, webhooks_cli
+from relay import logs
 from relay.config import Settings, load_settings
 from relay.errors import RelayError
+from relay.webhooks import cli as webhooks_cli
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -56,7 +57,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_vapid_keys(_args: argparse.Namespace, _settings: Settings) -> int:
-    from relay.vapid import generate_key_pair
+    from relay.push.vapid import generate_key_pair
 
     private, public = generate_key_pair()
     print(f"RELAY_VAPID_PRIVATE_KEY={private}")

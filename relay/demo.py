@@ -30,8 +30,8 @@ from relay.db import migrate
 from relay.demo_receiver import DemoReceiver
 from relay.embedded import EmbeddedPostgres
 from relay.http_auth import authenticate, error
-from relay.vapid import generate_key_pair
-from relay.webhooks import add_endpoint
+from relay.push.vapid import generate_key_pair
+from relay.webhooks.endpoints import add_endpoint
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import asyncpg
 
 from relay import metrics
 from relay.aio import sleep_or_stop, wait_any
-from relay.channels.base import Channel, Delivery, Outcome
 from relay.db import TRANSIENT_ERRORS, FailureStreak, backoff, q, retrying
+from relay.destinations import Channel, Delivery, Outcome
 from relay.events import Event
 from relay.retry import RetrySchedule
 

@@ -15,12 +15,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from relay import metrics, openapi, polling
-from relay.channels import socketio, websocket
+from relay import metrics, openapi
 from relay.http_auth import error
-from relay.http_webhooks import webhook_routes
-from relay.push_http import push_routes
-from relay.wire import CaptureSend
+from relay.live import polling, socketio, websocket
+from relay.live.wire import CaptureSend
+from relay.push.routes import push_routes
+from relay.webhooks.routes import webhook_routes
 
 if TYPE_CHECKING:
     from relay.app import Relay

@@ -146,11 +146,11 @@ async def running_dispatcher(
     db_url: str, *, schedule: str = "0,100ms,100ms", send_timeout: float = 15.0, **kwargs: Any
 ) -> AsyncIterator[Any]:
     """A dispatcher with the webhook channel, without the rest of the relay (no feed)."""
-    from relay.channels.webhook import WebhookChannel
     from relay.db import create_pool
     from relay.dispatcher import Dispatcher
     from relay.egress import build_client
     from relay.retry import RetrySchedule
+    from relay.webhooks.sender import WebhookChannel
 
     pool = await create_pool(db_url)
     stop = asyncio.Event()

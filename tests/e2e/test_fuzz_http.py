@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 from relay import openapi
 from relay.app import start
 from relay.auth import mint_token
-from relay.vapid import generate_key_pair
+from relay.push.vapid import generate_key_pair
 from tests.conftest import Cluster, make_settings
 
 SECRET = "fuzz-secret-0123456789abcdef0123456789abcdef"

@@ -9,12 +9,12 @@ from typing import ClassVar
 import asyncpg
 from starlette.responses import Response
 
-from relay.channels.base import Delivery, Outcome
 from relay.db import create_pool
+from relay.destinations import Delivery, Outcome
 from relay.dispatcher import Dispatcher
 from relay.events import Event
 from relay.retry import RetrySchedule
-from relay.webhooks import add_endpoint, disable_failing_endpoints, enable_endpoint
+from relay.webhooks.endpoints import add_endpoint, disable_failing_endpoints, enable_endpoint
 from tests.webhook_receiver import (
     LOOPBACK,
     Received,

@@ -13,7 +13,7 @@ import httpx
 from relay import app
 from relay.app import Relay
 from relay.auth import mint_token
-from relay.vapid import generate_key_pair
+from relay.push.vapid import generate_key_pair
 from tests.conftest import make_settings
 from tests.pushservice import Browser, LocalPushService, Received
 

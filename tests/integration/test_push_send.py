@@ -12,12 +12,12 @@ import asyncpg
 import httpx
 import pytest
 
-from relay.channels.base import Delivery
-from relay.channels.notification import topic_for
-from relay.channels.webpush import WebPushChannel, prune_push_subscriptions
 from relay.db import create_pool, q
+from relay.destinations import Delivery
 from relay.events import Event
-from relay.vapid import generate_key_pair
+from relay.push.notification import topic_for
+from relay.push.sender import WebPushChannel, prune_push_subscriptions
+from relay.push.vapid import generate_key_pair
 from tests.conftest import make_settings
 from tests.pushservice import Browser, LocalPushService, verify_vapid
 

@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from relay import app
-from relay.webhooks import add_endpoint, rotate_secret
+from relay.webhooks.endpoints import add_endpoint, rotate_secret
 from tests.conftest import make_settings
 from tests.webhook_receiver import LOOPBACK, Received, booking, running, running_dispatcher, write_bookings
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 from starlette.responses import Response
 
-from relay.webhooks import add_endpoint
+from relay.webhooks.endpoints import add_endpoint
 from tests.webhook_receiver import LOOPBACK, Received, RelayProcess, running, wait_rows, write_bookings
 
 

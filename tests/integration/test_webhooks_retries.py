@@ -9,7 +9,7 @@ import asyncpg
 from starlette.responses import Response
 
 from relay import app
-from relay.webhooks import add_endpoint
+from relay.webhooks.endpoints import add_endpoint
 from tests.conftest import make_settings
 from tests.webhook_receiver import (
     LOOPBACK,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from relay.events import Event
-from relay.live import Encoded, Hub, Interest, Sink
+from relay.live.hub import Encoded, Hub, Interest, Sink
 
 
 class Recording:

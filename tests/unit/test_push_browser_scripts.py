@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relay.vapid import b64url_decode, generate_key_pair
+from relay.push.vapid import b64url_decode, generate_key_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "js" / "push_harness.js"

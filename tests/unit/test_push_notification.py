@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from relay.channels.notification import MAX_PLAINTEXT, render, topic_for, urgency_for
+from relay.push.notification import MAX_PLAINTEXT, render, topic_for, urgency_for
 
 
 def _created(booking_id: str = "b1", status: str = "PENDING") -> dict[str, object]:

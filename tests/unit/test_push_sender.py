@@ -7,8 +7,8 @@ import httpx
 import respx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.channels.webpush import Subscription, WebPushSender, parse_retry_after
-from relay.vapid import VapidSigner, b64url_encode, public_key_bytes
+from relay.push.sender import Subscription, WebPushSender, parse_retry_after
+from relay.push.vapid import VapidSigner, b64url_encode, public_key_bytes
 
 DATA = {"id": "b1", "merchantId": "m1", "status": "PENDING", "operation": "INSERT", "eventId": 1}
 

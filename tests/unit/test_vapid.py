@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from relay import cli
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.vapid import (
+from relay.push.vapid import (
     VapidSigner,
     b64url_decode,
     b64url_encode,

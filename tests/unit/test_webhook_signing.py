@@ -10,9 +10,9 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from relay.channels.webhook import Endpoint, body_for, outcome_for, parse_retry_after, signed_headers
 from relay.events import Event
-from relay.webhooks import EndpointError, new_secret, parse_events
+from relay.webhooks.endpoints import EndpointError, new_secret, parse_events
+from relay.webhooks.sender import Endpoint, body_for, outcome_for, parse_retry_after, signed_headers
 
 EVENT = Event(
     position=7,

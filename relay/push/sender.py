@@ -16,13 +16,13 @@ import httpx
 from py_vapid import VapidException
 from pywebpush import WebPusher, WebPushException
 
-from relay.channels.base import Delivery, Outcome
-from relay.channels.notification import render, topic_for, urgency_for
 from relay.config import Settings
 from relay.db import q, retrying
+from relay.destinations import Delivery, Outcome
 from relay.errors import PermanentError, RelayError
 from relay.events import Event
-from relay.vapid import VapidSigner, origin_of
+from relay.push.notification import render, topic_for, urgency_for
+from relay.push.vapid import VapidSigner, origin_of
 
 logger = logging.getLogger(__name__)
 

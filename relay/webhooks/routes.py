@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from relay.db import TRANSIENT_ERRORS
 from relay.egress import EgressRefused
 from relay.http_auth import authenticate, error, read_json
-from relay.webhooks import EndpointError, add_endpoint, delete_endpoint, list_endpoints
+from relay.webhooks.endpoints import EndpointError, add_endpoint, delete_endpoint, list_endpoints
 
 if TYPE_CHECKING:
     from relay.app import Relay

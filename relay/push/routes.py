@@ -23,7 +23,7 @@ from relay.egress import EgressRefused, system_resolver, validate_url
 from relay.errors import ConfigError
 from relay.events import CHANNELS
 from relay.http_auth import MAX_BODY, authenticate, error, read_json
-from relay.vapid import VapidSigner, b64url_decode
+from relay.push.vapid import VapidSigner, b64url_decode
 
 if TYPE_CHECKING:
     from relay.app import Relay

@@ -26,8 +26,8 @@ from relay.auth import AuthError, Claims
 from relay.db import TRANSIENT_ERRORS, q
 from relay.events import Event, decode_cursor
 from relay.http_auth import bearer_token, error, origin_allowed
-from relay.live import Encoded, Hub, Interest, Sink
-from relay.wire import RawSocket
+from relay.live.hub import Encoded, Hub, Interest, Sink
+from relay.live.wire import RawSocket
 
 if TYPE_CHECKING:
     from relay.app import Relay

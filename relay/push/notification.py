@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from relay.vapid import b64url_encode
+from relay.push.vapid import b64url_encode
 
 # 4096 bytes per push message (RFC 8291) minus the aes128gcm header (86), the AEAD
 # tag (16) and the padding delimiter (1).

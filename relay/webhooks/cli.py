@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from relay import webhooks
 from relay.config import Settings
 from relay.egress import EgressRefused
 from relay.errors import RelayError
 from relay.retry import parse_delay
+from relay.webhooks import endpoints as webhooks
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

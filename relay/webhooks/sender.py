@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 import asyncpg
 import httpx
 
-from relay.channels.base import Delivery, Outcome
 from relay.db import q, retrying
+from relay.destinations import Delivery, Outcome
 from relay.egress import EgressRefused
 from relay.events import Event
-from relay.webhooks import disable_failing_endpoints, sign
+from relay.webhooks.endpoints import disable_failing_endpoints, sign
 
 __all__ = ["WebhookChannel", "disable_failing_endpoints", "outcome_for", "parse_retry_after"]
 

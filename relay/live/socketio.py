@@ -26,10 +26,10 @@ from starlette.types import ASGIApp
 
 from relay import metrics
 from relay.auth import AuthError
-from relay.channels.websocket import CLOSE_TOO_SLOW, OFF_MESSAGE
 from relay.events import Event
-from relay.live import Encoded, Hub, Interest, Sink
-from relay.wire import RawSocket
+from relay.live.hub import Encoded, Hub, Interest, Sink
+from relay.live.websocket import CLOSE_TOO_SLOW, OFF_MESSAGE
+from relay.live.wire import RawSocket
 
 if TYPE_CHECKING:
     from relay.app import Relay

@@ -1,0 +1,1 @@
+"""Live pages: the hub, the WebSocket wire, /ws, Socket.IO and the polling fallback."""

@@ -1,0 +1,1 @@
+"""Web Push: VAPID, the notification, the sender, subscriptions and the HTTP routes."""

@@ -1,0 +1,1 @@
+"""Merchant webhooks: signing, endpoints, the sender, the HTTP routes and the CLI."""
