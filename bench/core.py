@@ -23,9 +23,9 @@ import asyncpg
 from bench.common import Row, median, percentile, row, server
 from relay import app
 from relay.config import Settings
-from relay.db import migrate
 from relay.embedded import EmbeddedPostgres
 from relay.events import Event
+from relay.store import migrate
 
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 SEED_TRIGGER = """

@@ -47,8 +47,8 @@ import jwt
 
 from bench.common import percentile
 from bench.common import row as _row
-from relay.db import migrate
 from relay.embedded import EmbeddedPostgres, free_port
+from relay.store import migrate
 
 NODE_DIR = Path(__file__).resolve().parent / "seed-node"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"

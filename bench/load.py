@@ -32,7 +32,7 @@ import asyncpg
 
 from bench.common import Row, percentile, row, server
 from bench.live import BOOKING, LoadGen, Writer, clients, npm_install, raise_fd_limit, rss_kb, serve
-from relay.db import migrate
+from relay.store import migrate
 
 NAN = float("nan")
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -20,8 +20,9 @@ import httpx
 from bench.common import Row, median, percentile, row, server
 from relay import app
 from relay.config import Settings
-from relay.db import create_pool, migrate, q
+from relay.db import create_pool
 from relay.scheduler import apply_retention
+from relay.store import Store, migrate, q
 
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 
@@ -61,7 +62,7 @@ async def retention(admin_url: str, events: int) -> list[Row]:
     pool = await create_pool(relay_url)
     try:
         started = time.perf_counter()
-        deliveries, deleted = await apply_retention(pool, 14)
+        deliveries, deleted = await apply_retention(Store(pool), 14)
         relay_s = time.perf_counter() - started
     finally:
         await pool.close()

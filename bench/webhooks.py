@@ -31,7 +31,7 @@ import asyncpg
 import httpx
 
 from bench.common import database_url, percentile, row
-from relay.db import migrate
+from relay.store import Store, migrate
 from relay.webhooks.endpoints import add_endpoint
 
 Row = dict[str, Any]
@@ -95,7 +95,9 @@ class Bench:
         async with self.conn() as conn:
             await conn.execute("DELETE FROM relay.webhook_endpoints; DELETE FROM relay.deliveries")
             for i in range(count):
-                await add_endpoint(conn, merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK)
+                await add_endpoint(
+                    Store(conn), merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK
+                )
 
     async def arrivals(self) -> list[tuple[str, float]]:
         async with httpx.AsyncClient() as client:

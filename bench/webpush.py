@@ -41,11 +41,11 @@ from bench.common import database_url
 from bench.common import row as _row
 from relay import app
 from relay.config import Settings
-from relay.db import migrate
 from relay.egress import build_client
 from relay.push.notification import render
 from relay.push.sender import SendCosts, Subscription, WebPushSender
 from relay.push.vapid import VapidSigner, b64url_encode, generate_key_pair, public_key_bytes
+from relay.store import migrate
 
 GOAL = 800.0
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""

@@ -1,4 +1,7 @@
-"""The composition root: open every resource, start every loop, stop them in order."""
+"""The composition root: build the services, hand each part what it uses, start every loop, stop them.
+
+Nothing else imports this module but the entry points (``relay.cli``, ``relay.demo``).
+"""
 
 from __future__ import annotations
 
@@ -7,75 +10,138 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import httpx
 import uvicorn
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
-from relay import metrics
+from relay import http, metrics
 from relay.auth import TokenVerifier
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
-from relay.destinations import Channel
+from relay.destinations import Destination
 from relay.dispatcher import Dispatcher
 from relay.egress import build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
+from relay.live import polling, websocket
 from relay.live.hub import Hub
-from relay.live.wire import LiveWebSocketProtocol
-from relay.push.sender import WebPushChannel, prune_push_subscriptions
+from relay.live.socketio import Gateway
+from relay.live.wire import CaptureSend, LiveWebSocketProtocol
+from relay.push import routes as push_routes
+from relay.push.sender import WebPushDestination, WebPushSender
+from relay.push.subscriptions import prune_subscriptions
+from relay.push.vapid import VapidSigner
 from relay.scheduler import build_scheduler
+from relay.store import Store
+from relay.webhooks import routes as webhook_routes
 from relay.webhooks.endpoints import disable_failing_endpoints
-from relay.webhooks.sender import WebhookChannel
+from relay.webhooks.sender import WebhookDestination
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5.0
 
 
-@dataclass
+@dataclass(frozen=True)
+class Services:
+    """What the routes, destinations and jobs are built from. Building them opens nothing."""
+
+    settings: Settings
+    store: Store
+    hub: Hub
+    feed: Feed
+    listener: Listener
+    verifier: TokenVerifier | None  # None: token routes answer 503 (no JWT key)
+    signer: VapidSigner | None  # None: Web Push is off (no VAPID key)
+    gateway: Gateway
+
+
+def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
+    """Raises ConfigError (one line naming the variable) for a malformed VAPID key or subject."""
+    store = Store(pool)
+    verifier = TokenVerifier(settings) if settings.jwt_enabled else None
+    if verifier is None:
+        logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
+    signer = VapidSigner.from_settings(settings) if settings.push_enabled else None
+    if signer is None:
+        logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
+    hub = Hub()
+    feed = Feed(store, reconcile_interval=settings.reconcile_interval)
+    listener = Listener(
+        settings.listen_url,
+        on_notify=feed.notified,
+        on_connect=feed.wake,
+        probe_interval=settings.probe_interval,
+        probe_timeout=settings.probe_timeout,
+        max_delay=settings.reconnect_max_delay,
+    )
+    gateway = Gateway(hub, verifier, settings.allowed_origins)
+    return Services(settings, store, hub, feed, listener, verifier, signer, gateway)
+
+
+def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """The whole ASGI app: every package's routes, each handed only what it uses."""
+    s = services
+    settings = s.settings
+    routes: list[BaseRoute] = [
+        *push_routes.routes(
+            s.store, s.verifier, s.signer.public_key if s.signer else None, settings.egress_allow
+        ),
+        *webhook_routes.routes(s.store, s.verifier, settings.egress_allow),
+        *websocket.routes(s.hub, s.store, s.verifier, settings.allowed_origins),
+        *polling.routes(s.store, s.verifier),
+        *extra_routes,
+    ]
+
+    async def readiness() -> list[str]:
+        return await readiness_problems(s.listener, s.store)
+
+    async def refresh_gauges() -> None:
+        metrics.listener_connected.set(1 if s.listener.connected.is_set() else 0)
+        with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
+            async with asyncio.timeout(2):
+                metrics.notify_queue_usage.set(await s.store.notify_queue_usage())
+
+    app = http.build_app(
+        routes, readiness=readiness, refresh_gauges=refresh_gauges, allowed_origins=settings.allowed_origins
+    )
+    return CaptureSend(s.gateway.mount(app))
+
+
+async def readiness_problems(listener: Listener, store: Store) -> list[str]:
+    problems = []
+    if not listener.connected.is_set():
+        problems.append("listener not connected")
+    try:
+        async with asyncio.timeout(2):
+            await store.ping()
+    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+        problems.append(f"database not answering ({type(exc).__name__})")
+    return problems
+
+
+@dataclass(frozen=True)
 class Relay:
-    """What a running relay holds; handed to the HTTP routes and to tests."""
+    """A running relay, as ``start`` hands it to its caller (the CLI, the demo, tests)."""
 
     settings: Settings
     pool: asyncpg.Pool
+    store: Store
     feed: Feed
     listener: Listener
-    verifier: TokenVerifier | None = None
-    push: WebPushChannel | None = None
-    live: Hub = field(default_factory=Hub)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    http_port: int | None = None
-    http_client: httpx.AsyncClient | None = None
-    dispatcher: Dispatcher | None = None
-
-    async def readiness_problems(self) -> list[str]:
-        problems = []
-        if not self.listener.connected.is_set():
-            problems.append("listener not connected")
-        try:
-            async with asyncio.timeout(2):
-                async with self.pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            problems.append(f"database not answering ({type(exc).__name__})")
-        return problems
-
-    async def refresh_gauges(self) -> None:
-        metrics.listener_connected.set(1 if self.listener.connected.is_set() else 0)
-        with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
-            async with asyncio.timeout(2):
-                async with self.pool.acquire() as conn:
-                    usage = await conn.fetchval("SELECT pg_notification_queue_usage()")
-            metrics.notify_queue_usage.set(float(usage))
+    hub: Hub
+    dispatcher: Dispatcher
+    push: WebPushDestination | None
+    http_port: int | None
 
 
 def log_events(events: Sequence[Event]) -> None:
-    """One structured log line per event (at DEBUG: the channels log what they deliver)."""
+    """One structured log line per event (at DEBUG: the destinations log what they deliver)."""
     if not logger.isEnabledFor(logging.DEBUG):
         return
     for event in events:
@@ -98,58 +164,47 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def start(
-    settings: Settings, *, serve_http: bool = True, extra_routes: list[BaseRoute] | None = None
+    settings: Settings, *, serve_http: bool = True, extra_routes: Sequence[BaseRoute] = ()
 ) -> AsyncIterator[Relay]:
     """Run a relay in the background for the duration of the ``async with`` block."""
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.require_database_url())
         stack.push_async_callback(_close_pool, pool)
-        feed = Feed(pool, reconcile_interval=settings.reconcile_interval)
-        listener = Listener(
-            settings.listen_url,
-            on_notify=feed.notified,
-            on_connect=feed.wake,
-            probe_interval=settings.probe_interval,
-            probe_timeout=settings.probe_timeout,
-            max_delay=settings.reconnect_max_delay,
-        )
-        verifier = TokenVerifier(settings) if settings.jwt_enabled else None
-        if verifier is None:
-            logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
-        relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
-        feed.subscribe(relay.live.publish)  # first: live pages are the latency-critical consumer
-        feed.subscribe(log_events)
+        services = build_services(settings, pool)
+        store, feed, listener, hub = services.store, services.feed, services.listener, services.hub
+        stop = asyncio.Event()
         # One SSRF-guarded client for every outgoing request (webhooks, push).
         http_client = await stack.enter_async_context(build_client(settings.egress_allow))
-        channels: list[Channel] = [
-            WebhookChannel(pool, http_client, timeout=settings.webhook_timeout, stop=relay.stop)
+        destinations: list[Destination] = [
+            WebhookDestination(store, http_client, timeout=settings.webhook_timeout, stop=stop)
         ]
-        if settings.push_enabled:
-            # Raises ConfigError (one line naming the variable) for a malformed key or subject.
-            relay.push = WebPushChannel(settings, pool, http_client)
-            channels.append(relay.push)
-        else:
-            logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
+        push = None
+        if services.signer is not None:
+            push = WebPushDestination(store, WebPushSender(services.signer, http_client))
+            destinations.append(push)
         dispatcher = Dispatcher(
-            pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE - 1
+            store,
+            destinations,
+            settings.retry_schedule,
+            lease=settings.delivery_lease,
+            grace=SHUTDOWN_GRACE - 1,
         )
+        feed.subscribe(hub.publish)  # first: live pages are the latency-critical consumer
+        feed.subscribe(log_events)
         feed.subscribe(lambda _events: dispatcher.wake())
-        relay.http_client = http_client
-        relay.dispatcher = dispatcher
         scheduler = build_scheduler(
-            relay,
+            store,
+            settings,
             disable_failing_endpoints=disable_failing_endpoints,
-            prune_push_subscriptions=prune_push_subscriptions if relay.push is not None else None,
+            prune_push_subscriptions=prune_subscriptions if push is not None else None,
         )
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
 
         server: _Server | None = None
         if serve_http:
-            from relay.http import build_app
-
             config = uvicorn.Config(
-                build_app(relay, extra_routes),
+                http_app(services, extra_routes),
                 host=settings.http_host,
                 port=settings.http_port,
                 log_config=None,
@@ -162,24 +217,27 @@ async def start(
 
         async with asyncio.TaskGroup() as tasks:
             loops = [
-                tasks.create_task(feed.run(relay.stop), name="relay-feed"),
-                tasks.create_task(listener.run(relay.stop), name="relay-listener"),
-                tasks.create_task(dispatcher.plan_loop(relay.stop), name="relay-dispatch-plan"),
-                tasks.create_task(dispatcher.deliver_loop(relay.stop), name="relay-dispatch-deliver"),
+                tasks.create_task(feed.run(stop), name="relay-feed"),
+                tasks.create_task(listener.run(stop), name="relay-listener"),
+                tasks.create_task(dispatcher.plan_loop(stop), name="relay-dispatch-plan"),
+                tasks.create_task(dispatcher.deliver_loop(stop), name="relay-dispatch-deliver"),
             ]
+            http_port: int | None = None
             if server is not None:
                 loops.append(tasks.create_task(server.serve(), name="relay-http"))
                 while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
                     await asyncio.sleep(0.01)
-                relay.http_port = server.servers[0].sockets[0].getsockname()[1]
+                http_port = server.servers[0].sockets[0].getsockname()[1]
             try:
-                yield relay
+                yield Relay(settings, pool, store, feed, listener, hub, dispatcher, push, http_port)
             finally:
-                relay.stop.set()
+                stop.set()
                 if server is not None:
                     server.should_exit = True
                 logger.info("relay stopping")
-                await asyncio.gather(scheduler.stop(), _drain(loops, SHUTDOWN_GRACE))
+                await asyncio.gather(
+                    scheduler.stop(), services.gateway.disconnect_all(), _drain(loops, SHUTDOWN_GRACE)
+                )
 
 
 async def _drain(loops: Sequence[asyncio.Task[Any]], grace: float) -> None:

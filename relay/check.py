@@ -10,7 +10,10 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from relay.config import Settings
-from relay.db import TRANSIENT_ERRORS, trigger_attached
+from relay.db import TRANSIENT_ERRORS
+from relay.errors import ConfigError
+from relay.push.vapid import VapidSigner
+from relay.store import Store
 
 POOLER_PORTS = {6432}
 POOLER_WORDS = ("pgbouncer", "pooler", "pgcat", "supavisor", "odyssey")
@@ -39,11 +42,11 @@ async def check(settings: Settings) -> list[tuple[str, str]]:
     except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
         return [*lines, ("fail", f"database unreachable at DATABASE_URL: {type(exc).__name__}: {exc}")]
     try:
-        version = await conn.fetchval("SHOW server_version")
-        lines.append(("ok", f"database reachable (PostgreSQL {version})"))
-        if await conn.fetchval("SELECT to_regclass('relay.schema_migrations') IS NOT NULL"):
-            count = await conn.fetchval("SELECT count(*) FROM relay.schema_migrations")
-            attached = await trigger_attached(conn)
+        store = Store(conn)
+        lines.append(("ok", f"database reachable (PostgreSQL {await store.server_version()})"))
+        count = await store.migrations_applied()
+        if count is not None:
+            attached = await store.trigger_attached()
             lines.append(("ok", f"relay schema present ({count} migrations applied)"))
             lines.append(
                 ("ok", 'trigger attached to "Booking"')
@@ -52,7 +55,7 @@ async def check(settings: Settings) -> list[tuple[str, str]]:
             )
         else:
             lines.append(("fail", "relay schema missing: run `relay migrate`"))
-        lines.append(await _listen_round_trip(settings.listen_url, conn))
+        lines.append(await _listen_round_trip(settings.listen_url, store))
     finally:
         await conn.close()
     hint = pooler_hint(settings.listen_url)
@@ -88,9 +91,6 @@ def push_key_problems(settings: Settings) -> list[tuple[str, str]]:
     """A malformed VAPID key or subject would stop `relay run`: say so here too."""
     if not settings.push_enabled:
         return []
-    from relay.errors import ConfigError
-    from relay.push.vapid import VapidSigner
-
     try:
         VapidSigner.from_settings(settings)
     except ConfigError as exc:
@@ -98,7 +98,7 @@ def push_key_problems(settings: Settings) -> list[tuple[str, str]]:
     return []
 
 
-async def _listen_round_trip(listen_dsn: str, sender: asyncpg.Connection) -> tuple[str, str]:
+async def _listen_round_trip(listen_dsn: str, sender: Store) -> tuple[str, str]:
     channel = f"relay_check_{os.getpid()}"
     try:
         listener = await asyncpg.connect(listen_dsn, timeout=5)
@@ -108,7 +108,7 @@ async def _listen_round_trip(listen_dsn: str, sender: asyncpg.Connection) -> tup
     try:
         await listener.add_listener(channel, lambda *args: received.put_nowait(args[3]))
         started = time.perf_counter()
-        await sender.execute("SELECT pg_notify($1, 'ping')", channel)
+        await sender.notify(channel, "ping")
         try:
             await asyncio.wait_for(received.get(), timeout=3)
         except TimeoutError:

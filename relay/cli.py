@@ -18,7 +18,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    from relay.db import migrate
+    from relay.store import migrate
 
     async def go() -> list[str]:
         conn = await asyncpg.connect(settings.require_database_url(), timeout=10)

@@ -1,26 +1,20 @@
-"""The connection pool, the migrations runner and the named SQL queries."""
+"""The connection pool and the database errors worth retrying."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable
-from functools import cache
-from importlib import resources
 from typing import Any, TypeVar
 
 import asyncpg
 
 from relay.aio import sleep_or_stop
-from relay.errors import SetupError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MIGRATION_LOCK = "relay.migrate"
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 # Errors after which the same operation may succeed on a fresh connection.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -35,29 +29,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
 )
-
-
-def sql_file(name: str) -> str:
-    return resources.files("relay.sql").joinpath(name).read_text(encoding="utf-8")
-
-
-@cache
-def queries() -> dict[str, str]:
-    """The named queries of ``sql/queries.sql`` (``-- name: x`` headers)."""
-    text = sql_file("queries.sql")
-    parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-
-def q(name: str) -> str:
-    return queries()[name]
-
-
-def migration_files() -> list[tuple[str, str]]:
-    files = sorted(
-        p.name for p in resources.files("relay.sql").iterdir() if re.match(r"^\d{4}_.*\.sql$", p.name)
-    )
-    return [(name.removesuffix(".sql"), sql_file(name)) for name in files]
 
 
 def backoff(attempt: int, *, base: float = 0.05, cap: float = 10.0) -> float:
@@ -116,62 +87,3 @@ async def retrying(
                 await asyncio.sleep(delay)
             else:
                 await sleep_or_stop(stop, delay)
-
-
-async def booking_table_exists(conn: asyncpg.Connection) -> bool:
-    return await conn.fetchval("""SELECT to_regclass('"Booking"') IS NOT NULL""") is True
-
-
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations and attach the trigger; return the names applied.
-
-    Idempotent, and safe when several processes run it at once: everything happens in
-    one transaction behind an advisory lock, so a second runner waits and finds nothing
-    left to do.
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", MIGRATION_LOCK)
-        if not await booking_table_exists(conn):
-            raise SetupError(
-                'table "Booking" does not exist in this database (search_path: '
-                + str(await conn.fetchval("SHOW search_path"))
-                + "); create it with your application's migrations, then run `relay migrate` again"
-            )
-        await conn.execute(
-            """
-            CREATE SCHEMA IF NOT EXISTS relay;
-            CREATE TABLE IF NOT EXISTS relay.schema_migrations (
-                name       text PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            );
-            """
-        )
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM relay.schema_migrations")}
-        applied = []
-        for name, text in migration_files():
-            if name in done:
-                continue
-            await conn.execute(text)
-            await conn.execute("INSERT INTO relay.schema_migrations (name) VALUES ($1)", name)
-            applied.append(name)
-            logger.info("applied migration %s", name)
-        if applied or not await trigger_attached(conn):
-            await conn.execute(sql_file("attach_trigger.sql"))
-        return applied
-
-
-async def trigger_attached(conn: asyncpg.Connection) -> bool:
-    return bool(
-        await conn.fetchval(
-            """
-            SELECT EXISTS (
-                SELECT 1 FROM pg_trigger t
-                JOIN pg_proc p ON p.oid = t.tgfoid
-                JOIN pg_namespace n ON n.oid = p.pronamespace
-                WHERE t.tgrelid = to_regclass('"Booking"')
-                  AND n.nspname = 'relay' AND p.proname = 'notify_booking_changes'
-                  AND NOT t.tgisinternal
-            )
-            """
-        )
-    )

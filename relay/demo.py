@@ -24,33 +24,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay import app
-from relay.auth import Claims, mint_token
+from relay.auth import Claims, TokenVerifier, mint_token
 from relay.config import Settings
-from relay.db import migrate
+from relay.db import create_pool
 from relay.demo_receiver import DemoReceiver
 from relay.embedded import EmbeddedPostgres
 from relay.http_auth import authenticate, error
 from relay.push.vapid import generate_key_pair
+from relay.store import Store, migrate, queries
 from relay.webhooks.endpoints import add_endpoint
 
 logger = logging.getLogger(__name__)
 
 MERCHANTS = ("merchant-a", "merchant-b")
 STATUSES = ("PENDING", "CONFIRMED", "IN_PROGRESS", "COMPLETED", "CANCELLED")
-BOOKING_TABLE = """
-CREATE TABLE IF NOT EXISTS "Booking" (
-    id              text PRIMARY KEY,
-    "merchantId"    text NOT NULL,
-    status          text NOT NULL,
-    "customerName"  text NOT NULL,
-    "serviceName"   text NOT NULL,
-    "startTime"     timestamptz NOT NULL,
-    "updatedAt"     timestamptz NOT NULL DEFAULT now()
-)
-"""
-SELECT_BOOKINGS = (
-    """SELECT id, "merchantId", status, "customerName", "serviceName", "startTime" FROM "Booking\""""
-)
 CUSTOMERS = ("Ava", "Noah", "Mia", "Leo", "Zoe", "Kai", "Ivy", "Eli", "Ruby", "Max")
 SERVICES = ("Haircut", "Colour", "Massage", "Facial", "Manicure", "Beard trim")
 
@@ -72,10 +59,15 @@ async def demo_database(settings: Settings) -> AsyncIterator[str]:
         shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
+def demo_query(name: str) -> str:
+    """The demo application's queries live in ``sql/demo.sql``, beside Relay's own."""
+    return queries("demo.sql")[name]
+
+
 async def prepare(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(BOOKING_TABLE)
+        await conn.execute(demo_query("booking_table"))
         await migrate(conn)
     finally:
         await conn.close()
@@ -96,38 +88,21 @@ async def generate_bookings(dsn: str, stop: asyncio.Event, interval: float = 1.0
 
 async def change_one_booking(conn: asyncpg.Connection, rng: random.Random) -> None:
     merchant = rng.choice(MERCHANTS)
-    open_ids = [
-        r["id"]
-        for r in await conn.fetch(
-            """SELECT id FROM "Booking"
-               WHERE "merchantId" = $1 AND status NOT IN ('COMPLETED', 'CANCELLED')""",
-            merchant,
-        )
-    ]
+    open_ids = [r["id"] for r in await conn.fetch(demo_query("open_bookings"), merchant)]
     roll = rng.random()
     if not open_ids or roll < 0.45:
         today = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0)
         start = today + timedelta(minutes=30 * rng.randrange(0, 20))
-        await conn.execute(
-            """INSERT INTO "Booking" (id, "merchantId", status, "customerName", "serviceName", "startTime")
-               VALUES ($1, $2, 'PENDING', $3, $4, $5)""",
-            f"bk_{uuid.uuid4().hex[:12]}",
-            merchant,
-            rng.choice(CUSTOMERS),
-            rng.choice(SERVICES),
-            start,
-        )
+        booking_id = f"bk_{uuid.uuid4().hex[:12]}"
+        customer, service = rng.choice(CUSTOMERS), rng.choice(SERVICES)
+        await conn.execute(demo_query("add_booking"), booking_id, merchant, customer, service, start)
     elif roll < 0.9:
-        booking = rng.choice(open_ids)
-        status = rng.choice(STATUSES[1:])
-        await conn.execute(
-            """UPDATE "Booking" SET status = $2, "updatedAt" = now() WHERE id = $1""", booking, status
-        )
+        await conn.execute(demo_query("set_status"), rng.choice(open_ids), rng.choice(STATUSES[1:]))
     else:
-        await conn.execute("""DELETE FROM "Booking" WHERE id = $1""", rng.choice(open_ids))
+        await conn.execute(demo_query("remove_booking"), rng.choice(open_ids))
 
 
-def booking_routes(holder: list[app.Relay]) -> list[BaseRoute]:
+def booking_routes(pool: asyncpg.Pool, verifier: TokenVerifier) -> list[BaseRoute]:
     """Read-only views of the demo's own "Booking" table for the calendar page, scoped to
     the merchant of the caller's token like every other route."""
 
@@ -135,25 +110,17 @@ def booking_routes(holder: list[app.Relay]) -> list[BaseRoute]:
         return {**dict(row), "startTime": row["startTime"].isoformat()}
 
     async def today(request: Request) -> Response:
-        claims = authenticate(request, holder[0].verifier)
+        claims = authenticate(request, verifier)
         if not isinstance(claims, Claims):
             return claims
-        async with holder[0].pool.acquire() as conn:
-            rows = await conn.fetch(
-                f'{SELECT_BOOKINGS} WHERE "merchantId" = $1 ORDER BY "startTime"', claims.merchant_id
-            )
+        rows = await pool.fetch(demo_query("bookings"), claims.merchant_id)
         return JSONResponse([as_json(r) for r in rows])
 
     async def one(request: Request) -> Response:
-        claims = authenticate(request, holder[0].verifier)
+        claims = authenticate(request, verifier)
         if not isinstance(claims, Claims):
             return claims
-        async with holder[0].pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f'{SELECT_BOOKINGS} WHERE id = $1 AND "merchantId" = $2',
-                request.path_params["id"],
-                claims.merchant_id,
-            )
+        row = await pool.fetchrow(demo_query("booking"), request.path_params["id"], claims.merchant_id)
         return JSONResponse(as_json(row)) if row else error(404, "no such booking")
 
     return [Route("/demo/bookings", today), Route("/demo/bookings/{id}", one)]
@@ -186,9 +153,10 @@ async def run_demo(settings: Settings, *, port: int | None = None) -> None:
                 dsn, merchant, f"http://127.0.0.1:{receiver_port}/hook/{merchant}", demo_settings
             )
             receiver.secrets[merchant] = secret
-        holder: list[app.Relay] = []
-        async with app.start(demo_settings, extra_routes=booking_routes(holder)) as relay:
-            holder.append(relay)
+        # The demo application reads its own table over a pool of its own, as a real one would.
+        pool = await create_pool(dsn, max_size=2)
+        routes = booking_routes(pool, TokenVerifier(demo_settings))
+        async with pool, app.start(demo_settings, extra_routes=routes) as relay:
             token = mint_token(demo_settings, merchant_id=MERCHANTS[0], user_id="demo-staff", ttl=86400)
             url = f"http://127.0.0.1:{relay.http_port}/?token={token}"
             print(f"\nrelay demo running. Live calendar of {MERCHANTS[0]}:\n\n  {url}\n", flush=True)
@@ -215,7 +183,7 @@ def demo_push_keys(settings: Settings) -> dict[str, str]:
 async def add_webhook(dsn: str, merchant: str, url: str, settings: Settings) -> tuple[object, str]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await add_endpoint(conn, merchant_id=merchant, url=url, allow=settings.egress_allow)
+        return await add_endpoint(Store(conn), merchant_id=merchant, url=url, allow=settings.egress_allow)
     finally:
         await conn.close()
 

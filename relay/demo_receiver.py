@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from relay.webhooks.endpoints import sign
+from relay.webhooks.signing import sign
 
 TOLERANCE = 300  # seconds; Standard Webhooks receivers refuse older timestamps (replays)
 

@@ -1,34 +1,50 @@
-"""What every delivery channel (webhook, push) offers the dispatcher."""
+"""Where deliveries go: the destination kinds (webhook, push) and what each offers the dispatcher.
+
+A *destination* is one webhook endpoint or one push subscription; its *kind* is the
+value of ``relay.deliveries.channel`` (a column name kept from before this word).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from relay.events import Event
+
+KINDS: tuple[str, ...] = ("webhook", "push")
 
 OutcomeKind = Literal["success", "retry", "permanent", "gone"]
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One row of ``relay.deliveries``: an event for one target."""
+    """One row of ``relay.deliveries``: an event for one destination."""
 
     id: int
     event_id: int
-    channel: str
-    target_id: int
+    kind: str
+    destination_id: int
     merchant_id: str | None
     attempts: int  # attempts made before this one
+
+    @property
+    def log(self) -> dict[str, object]:
+        """The stable ``extra=`` keys of every log line about this delivery."""
+        return {
+            "delivery_id": self.id,
+            "event_id": self.event_id,
+            "destination": self.kind,
+            "merchant_id": self.merchant_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The result of one attempt, decided in one place per channel.
+    """The result of one attempt, decided in one place per destination kind.
 
     ``success``: done. ``retry``: try again on the schedule (no sooner than
     ``retry_after`` seconds). ``permanent``: give up on this delivery. ``gone``: give
-    up and mark the target itself dead (webhook 410, push 404/410).
+    up and mark the destination itself dead (webhook 410, push 404/410).
     """
 
     kind: OutcomeKind
@@ -41,26 +57,21 @@ class Outcome:
         return cls("success", status)
 
 
-class Channel(Protocol):
-    """A kind of target. ``name`` is the value of ``relay.deliveries.channel``."""
+class Destination(Protocol):
+    """One kind of destination; ``kind`` is one of ``KINDS`` (its deliveries are planned by
+    the store's ``<kind>_plan`` query)."""
 
-    name: ClassVar[str]
-    # INSERT INTO relay.deliveries ... for the events with $1 < position <= $2,
-    # one row per matching target; ON CONFLICT DO NOTHING.
-    plan_sql: ClassVar[str]
+    kind: ClassVar[str]
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         """Make one attempt and say how it went.
 
         Raise a database error (``relay.db.TRANSIENT_ERRORS`` or ``asyncpg.PostgresError``)
-        only before anything was sent (e.g. while loading the target): the dispatcher
+        only before anything was sent (e.g. while loading the destination): the dispatcher
         then hands the delivery back without using up an attempt. Any other exception
         is logged and counts as a failed attempt.
         """
         ...
 
-    async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
-        """Record that the target is dead (called for ``gone`` outcomes)."""
-
-
-JSON = dict[str, Any]
+    async def gone(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Record that the destination is dead (called for ``gone`` outcomes)."""

@@ -1,23 +1,22 @@
-"""Events -> deliveries; claim, send, record, schedule retries. Shared by every channel.
+"""Events -> deliveries; claim, send, record, schedule retries. Shared by every destination kind.
 
-Planning: for each channel, one transaction locks the channel's row in
-``relay.cursors``, inserts a delivery row per event x target for the next positions
-(the channel's ``plan_sql``) and moves the cursor. The row lock makes planning
-exactly-once however many relay processes run.
+Planning: for each kind, one transaction locks the kind's row in ``relay.cursors``,
+inserts a delivery row per event x destination for the next positions and moves the
+cursor (``Store.plan``). The row lock makes planning exactly-once however many relay
+processes run.
 
 Sending: due deliveries are claimed in batches with ``FOR UPDATE SKIP LOCKED``; a
 claim is a lease (``locked_until``, renewed while held) so deliveries held by a
 process that died are claimed again once it runs out. Concurrency is bounded
-overall and per target. Outcomes are recorded in batches, retrying through dropped
-connections; a database error before a send hands the delivery back without using
-up an attempt.
+overall and per destination. Outcomes are recorded in batches, retrying through
+dropped connections; a database error before a send hands the delivery back without
+using up an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -32,14 +31,15 @@ import asyncpg
 
 from relay import metrics
 from relay.aio import sleep_or_stop, wait_any
-from relay.db import TRANSIENT_ERRORS, FailureStreak, backoff, q, retrying
-from relay.destinations import Channel, Delivery, Outcome
+from relay.db import TRANSIENT_ERRORS, FailureStreak, backoff, retrying
+from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
 from relay.retry import RetrySchedule
+from relay.store import Attempt, Store
 
 logger = logging.getLogger(__name__)
 
-TargetKey = tuple[str, int]
+DestinationKey = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,40 +53,40 @@ class _Record:
 
 
 class Dispatcher:
-    """Plans and sends the deliveries of ``channels``; one per relay process."""
+    """Plans and sends the deliveries of ``destinations``; one per relay process."""
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
-        channels: Sequence[Channel],
+        store: Store,
+        destinations: Sequence[Destination],
         schedule: RetrySchedule,
         *,
         concurrency: int = 128,
-        per_target: int = 8,
+        per_destination: int = 8,
         batch: int = 200,
         plan_batch: int = 200,
         lease: float = 25.0,
         poll_interval: float = 1.0,
         grace: float = 4.0,
     ) -> None:
-        self._pool = pool
-        self._channels = {c.name: c for c in channels}
+        self._store = store
+        self._destinations = {d.kind: d for d in destinations}
         self._schedule = schedule
         self._concurrency = concurrency
-        self._per_target = per_target
+        self._per_destination = per_destination
         self._batch = batch
         self._plan_batch = plan_batch
         self._lease = lease
         self._poll = poll_interval
         self._grace = grace
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.started = asyncio.Event()  # set once every channel has a planning cursor
+        self.started = asyncio.Event()  # set once every kind has a planning cursor
         self._plan_wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._sending = asyncio.Semaphore(concurrency)
-        self._target_slots: dict[TargetKey, asyncio.Semaphore] = {}
+        self._slots: dict[DestinationKey, asyncio.Semaphore] = {}
         self._held: dict[int, Delivery] = {}
-        self._held_per_target: Counter[TargetKey] = Counter()
+        self._held_per_destination: Counter[DestinationKey] = Counter()
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -115,32 +115,15 @@ class Dispatcher:
             self._plan_wake.clear()
 
     async def plan_once(self, *, sequence: bool = False) -> bool:
-        """Plan the next batch of positions for every channel; True if more are waiting."""
-        more = False
-        planned = 0
-        async with self._pool.acquire() as conn:
-            if not self.started.is_set():
-                # A channel's first cursor starts at the last position sequenced so far,
-                # before this process sequences anything: events committed while no relay
-                # ran are still unsequenced, so they come after it and are delivered.
-                for name in self._channels:
-                    await conn.execute(q("cursor_create"), name)
-            if sequence:
-                await conn.execute(q("sequence_events"))
-            for channel in self._channels.values():
-                async with conn.transaction():
-                    position = await conn.fetchval(q("cursor_lock"), channel.name)
-                    if position is None:  # removed meanwhile
-                        await conn.execute(q("cursor_create"), channel.name)
-                        position = await conn.fetchval(q("cursor_lock"), channel.name)
-                    last = int(await conn.fetchval(q("max_position")))
-                    upto = int(await conn.fetchval(q("plan_upto"), position, self._plan_batch))
-                    if upto <= position:
-                        continue
-                    status = await conn.execute(channel.plan_sql, position, upto)
-                    await conn.execute(q("cursor_set"), channel.name, upto)
-                planned += int(status.rsplit(" ", 1)[-1])
-                more = more or upto < last
+        """Plan the next batch of positions for every kind; True if more are waiting."""
+        if not self.started.is_set():
+            # A kind's first cursor starts at the last position sequenced so far, before
+            # this process sequences anything: events committed while no relay ran are
+            # still unsequenced, so they come after it and are delivered.
+            await self._store.create_cursors(list(self._destinations))
+        if sequence:
+            await self._store.sequence()
+        planned, more = await self._store.plan(list(self._destinations), self._plan_batch)
         if planned:
             self._claim_wake.set()
         return more
@@ -194,37 +177,32 @@ class Dispatcher:
     async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
         claimed: list[tuple[Delivery, Event]] = []
         try:
-            async with self._pool.acquire() as conn:
-                for name in self._channels:
-                    if len(claimed) >= limit:
-                        break
-                    saturated = [
-                        t for (c, t), n in self._held_per_target.items() if c == name and n >= self._cap
-                    ]
-                    rows = await conn.fetch(
-                        q("deliveries_claim"),
-                        name,
-                        saturated,
-                        limit - len(claimed),
-                        self._cap,
-                        self.worker_id,
-                        self._lease,
-                    )
-                    claimed.extend(self._hold(row) for row in rows)
+            for kind in self._destinations:
+                if len(claimed) >= limit:
+                    break
+                saturated = [
+                    d for (k, d), n in self._held_per_destination.items() if k == kind and n >= self._cap
+                ]
+                claimed += await self._store.claim(
+                    kind, saturated, limit - len(claimed), self._cap, self.worker_id, self._lease
+                )
         except TRANSIENT_ERRORS:
             if not claimed:
                 raise
-            # What an earlier channel's claim committed is held here now: send it.
-        # The claim allows up to a cap per target, not counting what this process already
-        # holds for it: hand the excess straight back.
+            # What an earlier kind's claim committed is held here now: send it.
+        for delivery, _ in claimed:
+            self._held[delivery.id] = delivery
+            self._held_per_destination[(delivery.kind, delivery.destination_id)] += 1
+        # The claim allows up to a cap per destination, not counting what this process
+        # already holds for it: hand the excess straight back.
         over: list[Delivery] = []
         kept: list[tuple[Delivery, Event]] = []
-        seen: Counter[TargetKey] = Counter()
-        in_claim = Counter((d.channel, d.target_id) for d, _ in claimed)
+        seen: Counter[DestinationKey] = Counter()
+        in_claim = Counter((d.kind, d.destination_id) for d, _ in claimed)
         for delivery, event in claimed:
-            key = (delivery.channel, delivery.target_id)
+            key = (delivery.kind, delivery.destination_id)
             seen[key] += 1
-            if self._held_per_target[key] - in_claim[key] + seen[key] > self._cap:
+            if self._held_per_destination[key] - in_claim[key] + seen[key] > self._cap:
                 over.append(delivery)
             else:
                 kept.append((delivery, event))
@@ -234,47 +212,25 @@ class Dispatcher:
 
     @property
     def _cap(self) -> int:
-        return self._per_target * 2
+        return self._per_destination * 2
 
-    def _hold(self, row: asyncpg.Record) -> tuple[Delivery, Event]:
-        delivery = Delivery(
-            id=row["id"],
-            event_id=row["event_id"],
-            channel=row["channel"],
-            target_id=row["target_id"],
-            merchant_id=row["merchant_id"],
-            attempts=row["attempts"],
-        )
-        payload = row["payload"]
-        event = Event(
-            position=row["event_position"],
-            id=row["event_id"],
-            channel=row["event_channel"],
-            merchant_id=row["event_merchant_id"],
-            data=json.loads(payload) if isinstance(payload, str) else payload,
-            created_at=row["created_at"],
-        )
-        self._held[delivery.id] = delivery
-        self._held_per_target[(delivery.channel, delivery.target_id)] += 1
-        return delivery, event
-
-    def _slot(self, key: TargetKey) -> asyncio.Semaphore:
-        slot = self._target_slots.get(key)
+    def _slot(self, key: DestinationKey) -> asyncio.Semaphore:
+        slot = self._slots.get(key)
         if slot is None:
-            slot = self._target_slots[key] = asyncio.Semaphore(self._per_target)
+            slot = self._slots[key] = asyncio.Semaphore(self._per_destination)
         return slot
 
     async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
-        channel = self._channels[delivery.channel]
-        log = {"delivery_id": delivery.id, "event_id": delivery.event_id, "channel": delivery.channel}
+        destination = self._destinations[delivery.kind]
+        log = delivery.log
         try:
-            async with self._slot((delivery.channel, delivery.target_id)), self._sending:
+            async with self._slot((delivery.kind, delivery.destination_id)), self._sending:
                 if stop.is_set():
                     self._records.put_nowait(_Record(delivery, None, 0.0))
                     return
                 started = time.monotonic()
                 try:
-                    outcome = await channel.send(delivery, event)
+                    outcome = await destination.send(delivery, event)
                 except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                     # Nothing was sent: hand it back without using up an attempt.
                     logger.warning(
@@ -283,9 +239,7 @@ class Dispatcher:
                     self._records.put_nowait(_Record(delivery, None, backoff(2, base=0.5, cap=5.0)))
                     return
                 except Exception as exc:
-                    logger.exception(
-                        "channel %s failed on delivery %s", delivery.channel, delivery.id, extra=log
-                    )
+                    logger.exception("%s failed on delivery %s", delivery.kind, delivery.id, extra=log)
                     outcome = Outcome("retry", None, f"internal error: {type(exc).__name__}")
                 elapsed_ms = int((time.monotonic() - started) * 1000)
         except asyncio.CancelledError:
@@ -293,25 +247,22 @@ class Dispatcher:
             raise
         if outcome.kind == "gone":
             try:
-                await channel.target_gone(delivery, outcome)
+                await destination.gone(delivery, outcome)
             except Exception:
-                logger.exception("could not mark target %s gone", delivery.target_id, extra=log)
+                logger.exception(
+                    "could not mark %s %s gone", delivery.kind, delivery.destination_id, extra=log
+                )
         self._records.put_nowait(self._decide(delivery, event, outcome, elapsed_ms))
 
     def _decide(self, delivery: Delivery, event: Event, outcome: Outcome, ms: int) -> _Record:
         """Turn an attempt's outcome into the row's next state, and count it."""
-        log = {
-            "delivery_id": delivery.id,
-            "event_id": delivery.event_id,
-            "channel": delivery.channel,
-            "merchant_id": delivery.merchant_id,
-        }
+        log = delivery.log
         attempt = delivery.attempts + 1
         label: str = outcome.kind
         if outcome.kind == "success":
             state, delay = "succeeded", 0.0
             age = (datetime.now(UTC) - event.created_at).total_seconds()
-            metrics.delivery_seconds.labels(delivery.channel).observe(max(age, 0.0))
+            metrics.delivery_seconds.labels(delivery.kind).observe(max(age, 0.0))
         elif outcome.kind == "retry":
             next_delay = self._schedule.next_delay(attempt, outcome.retry_after)
             if next_delay is None:
@@ -338,7 +289,7 @@ class Dispatcher:
         else:
             state, delay = "failed", 0.0
             logger.warning("delivery %s %s: %s", delivery.id, outcome.kind, outcome.detail, extra=log)
-        metrics.deliveries.labels(delivery.channel, label).inc()
+        metrics.deliveries.labels(delivery.kind, label).inc()
         error = None if outcome.kind == "success" else (outcome.detail or None)
         return _Record(delivery, state, delay, outcome.status, error, ms)
 
@@ -362,44 +313,29 @@ class Dispatcher:
                 return
 
     async def _write(self, batch: list[_Record]) -> None:
-        attempts = [r for r in batch if r.state is not None]
-        releases = [r for r in batch if r.state is None]
-
-        async def write() -> None:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if attempts:
-                    await conn.execute(
-                        q("deliveries_record"),
-                        [r.delivery.id for r in attempts],
-                        [r.state for r in attempts],
-                        [r.delay for r in attempts],
-                        [r.status for r in attempts],
-                        [r.error for r in attempts],
-                        [r.ms for r in attempts],
-                        self.worker_id,
-                    )
-                if releases:
-                    await conn.execute(
-                        q("deliveries_release"),
-                        [r.delivery.id for r in releases],
-                        [r.delay for r in releases],
-                        self.worker_id,
-                    )
-
+        attempts = [
+            Attempt(r.delivery.id, r.state, r.delay, r.status, r.error, r.ms)
+            for r in batch
+            if r.state is not None
+        ]
+        releases = [(r.delivery.id, r.delay) for r in batch if r.state is None]
         try:
-            await retrying(write, what="recording delivery outcomes")
+            await retrying(
+                lambda: self._store.record(attempts, releases, self.worker_id),
+                what="recording delivery outcomes",
+            )
         except asyncpg.PostgresError:
             logger.exception("could not record %d delivery outcomes; their leases will expire", len(batch))
         finally:
             for record in batch:
                 if self._held.pop(record.delivery.id, None) is not None:
-                    key = (record.delivery.channel, record.delivery.target_id)
-                    self._held_per_target[key] -= 1
-                    if self._held_per_target[key] <= 0:
-                        del self._held_per_target[key]
-                        slot = self._target_slots.get(key)
+                    key = (record.delivery.kind, record.delivery.destination_id)
+                    self._held_per_destination[key] -= 1
+                    if self._held_per_destination[key] <= 0:
+                        del self._held_per_destination[key]
+                        slot = self._slots.get(key)
                         if slot is not None and not slot.locked():
-                            del self._target_slots[key]
+                            del self._slots[key]
             self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
@@ -410,4 +346,4 @@ class Dispatcher:
             if not ids:
                 continue
             with contextlib.suppress(*TRANSIENT_ERRORS):
-                await self._pool.execute(q("deliveries_renew"), ids, self.worker_id, self._lease)
+                await self._store.renew(ids, self.worker_id, self._lease)

@@ -14,12 +14,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-import asyncpg
-
 from relay import metrics
 from relay.aio import wait_any
-from relay.db import TRANSIENT_ERRORS, FailureStreak, q, retrying
+from relay.db import TRANSIENT_ERRORS, FailureStreak, retrying
 from relay.events import Event
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +37,8 @@ class Feed:
     work on a queue, or write to sockets without awaiting each one).
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, reconcile_interval: float = 30.0) -> None:
-        self._pool = pool
+    def __init__(self, store: Store, *, reconcile_interval: float = 30.0) -> None:
+        self._store = store
         self._interval = reconcile_interval
         self._consumers: list[Consumer] = []
         self._wake = asyncio.Event()
@@ -66,9 +65,7 @@ class Feed:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            self.position = await retrying(
-                self._current_position, what="reading the feed position", stop=stop
-            )
+            self.position = await retrying(self._store.position, what="reading the feed position", stop=stop)
         except TRANSIENT_ERRORS:
             if stop.is_set():
                 return  # asked to stop before the database came back
@@ -90,19 +87,13 @@ class Feed:
             if more:
                 self._wake.set()
 
-    async def _current_position(self) -> int:
-        async with self._pool.acquire() as conn:
-            return int(await conn.fetchval(q("max_position")))
-
     async def advance(self) -> bool:
         """Sequence and hand on the next batch; return True when more may be waiting."""
         assert self.position is not None
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(q("advance"), self.position, BATCH)
-        if not rows:
+        events = await self._store.advance(self.position, BATCH)
+        if not events:
             self._account(())
             return False
-        events = [Event.from_row(r) for r in rows]
         self.position = events[-1].position
         self._account(events)
         metrics.events_handed_on.inc(len(events))
@@ -111,7 +102,7 @@ class Feed:
                 consumer(events)
             except Exception:
                 logger.exception("consumer %r failed; the other consumers go on", consumer)
-        return len(rows) == BATCH
+        return len(events) == BATCH
 
     def _account(self, events: Sequence[Event]) -> None:
         """Count the events no NOTIFY announced (relay_events_recovered_total)."""

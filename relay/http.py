@@ -1,9 +1,10 @@
-"""ASGI routes: health, readiness and metrics (channels add their own routes)."""
+"""The ASGI app: the calendar page, health, readiness, metrics, the OpenAPI document, and the
+routes the packages hand it (the composition root collects them)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -13,25 +14,26 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
 from relay import metrics, openapi
 from relay.http_auth import error
-from relay.live import polling, socketio, websocket
-from relay.live.wire import CaptureSend
-from relay.push.routes import push_routes
-from relay.webhooks.routes import webhook_routes
-
-if TYPE_CHECKING:
-    from relay.app import Relay
 
 
-def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGIApp:
+def build_app(
+    routes: Sequence[BaseRoute],
+    *,
+    readiness: Callable[[], Awaitable[list[str]]],
+    refresh_gauges: Callable[[], Awaitable[None]],
+    allowed_origins: list[str],
+) -> Starlette:
+    """``readiness()`` lists what keeps the relay from being ready (empty: ready);
+    ``refresh_gauges()`` runs before every /metrics scrape."""
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        problems = await relay.readiness_problems()
+        problems = await readiness()
         if problems:
             message = "not ready: " + "; ".join(problems)
             body = {"status": "unavailable", "error": message, "problems": problems}
@@ -39,7 +41,7 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGI
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(_request: Request) -> Response:
-        await relay.refresh_gauges()
+        await refresh_gauges()
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     api_document = openapi.document()
@@ -50,33 +52,26 @@ def build_app(relay: Relay, extra_routes: list[BaseRoute] | None = None) -> ASGI
     async def calendar(_request: Request) -> Response:
         return HTMLResponse(resources.files("relay").joinpath("static/index.html").read_text("utf-8"))
 
-    routes: list[BaseRoute] = [
-        Route("/", calendar),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-        Route("/openapi.json", openapi_json),
-        *push_routes(relay),
-        *webhook_routes(relay),
-        *websocket.routes(relay),
-        *polling.routes(relay),
-        *(extra_routes or []),
-    ]
-    origins = relay.settings.allowed_origins
     middleware = [
         Middleware(
             CORSMiddleware,
-            allow_origins=origins,
+            allow_origins=allowed_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     ]
-    app = Starlette(
-        routes=routes,
-        middleware=middleware if origins else None,
+    return Starlette(
+        routes=[
+            Route("/", calendar),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/openapi.json", openapi_json),
+            *routes,
+        ],
+        middleware=middleware if allowed_origins else None,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
-    return CaptureSend(socketio.mount(relay, app))
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:

@@ -20,6 +20,7 @@ from relay import metrics
 from relay.aio import wait_any
 from relay.db import TRANSIENT_ERRORS, FailureStreak
 from relay.events import CHANNELS, MalformedNotification, parse_notification
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,13 @@ class Listener:
         else:
             logger.info("listening on %s (backend pid %s)", ", ".join(CHANNELS), self.backend_pid)
         self._on_connect()
+        probe = Store(conn)
         while not stop.is_set():
             await wait_any(stop, lost, timeout=self._probe_interval)
             if lost.is_set() or conn.is_closed():
                 raise ConnectionResetError("the LISTEN connection was closed")
             if not stop.is_set():
-                await conn.fetchval("SELECT 1", timeout=self._probe_timeout)
+                await probe.ping(within=self._probe_timeout)
 
     async def _consume(self) -> None:
         while True:

@@ -7,8 +7,18 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-# Stable ``extra=`` keys that are worth a column in any log search.
-CONTEXT_KEYS = ("event_id", "channel", "merchant_id", "delivery_id", "endpoint_id", "subscription_id", "job")
+# Stable ``extra=`` keys that are worth a column in any log search. ``channel`` is an event's
+# channel name (booking_created); ``destination`` is where a delivery goes (webhook, push).
+CONTEXT_KEYS = (
+    "event_id",
+    "channel",
+    "merchant_id",
+    "destination",
+    "delivery_id",
+    "endpoint_id",
+    "subscription_id",
+    "job",
+)
 
 
 class JsonFormatter(logging.Formatter):

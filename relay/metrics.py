@@ -42,9 +42,11 @@ events_recovered = Counter(
     "Events found by reconciliation that no NOTIFY had announced to this process",
     registry=REGISTRY,
 )
+# The ``channel`` label of the delivery metrics holds the destination kind (webhook, push):
+# the label name is part of the contract (DESIGN.md).
 deliveries = Counter(
     "relay_deliveries_total",
-    "Delivery attempts by channel and outcome",
+    "Delivery attempts by destination kind and outcome",
     ["channel", "outcome"],
     registry=REGISTRY,
 )
@@ -57,7 +59,7 @@ delivery_seconds = Histogram(
 )
 deliveries_pending = Gauge(
     "relay_deliveries_pending",
-    "Deliveries waiting to be sent, by channel and state",
+    "Deliveries waiting to be sent, by destination kind and state",
     ["channel", "state"],
     registry=REGISTRY,
 )

@@ -13,7 +13,7 @@ from typing import Any
 from relay.events import CHANNELS
 from relay.http_auth import MAX_BODY
 from relay.live.polling import MAX_LIMIT
-from relay.push.routes import MAX_ENDPOINT, MAX_EXPIRATION_MS
+from relay.push.subscriptions import MAX_ENDPOINT, MAX_EXPIRATION_MS
 
 Schema = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""APScheduler jobs: reconciliation poll, retention, queue depths, and any job added later.
+"""APScheduler jobs: retention, queue depths, the destinations' upkeep, and any job added later.
 
 A job is a name, an async callable and an interval. Each runs in APScheduler 3's
 ``AsyncIOScheduler`` with ``max_instances=1`` and ``coalesce=True``, so it never
@@ -8,8 +8,7 @@ total: each run holds a PostgreSQL advisory lock for its duration
 (``pg_try_advisory_xact_lock`` in a transaction; a process that does not get it
 skips the run) and claims the run in ``relay.jobs`` (skipped when any process
 started it less than 90 % of an interval ago). A *local* job runs in every
-process: the reconciliation poll, because each process has its own feed position,
-and the queue-depth gauges, because each process exports its own ``/metrics``.
+process: the queue-depth gauges, because each process exports its own ``/metrics``.
 
 A job that raises is logged, counted in ``relay_job_failures_total{job}``, and runs
 again at its next time.
@@ -22,16 +21,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay import metrics
-from relay.db import TRANSIENT_ERRORS, q
-
-if TYPE_CHECKING:
-    from relay.app import Relay
+from relay.config import Settings
+from relay.db import TRANSIENT_ERRORS
+from relay.destinations import KINDS
+from relay.store import JobRun, Store
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ RETENTION_BATCH = 5000
 CLAIM_SLACK = 0.9
 STOP_GRACE = 5.0
 
-CHANNELS = ("webhook", "push")
 QUEUE_STATES = ("pending", "retrying", "sending", "failed")
 
 
@@ -60,13 +57,13 @@ class Job:
 
 
 class Scheduler:
-    """Runs ``jobs`` on an ``AsyncIOScheduler`` until ``stop()``; uses (never closes) ``pool``."""
+    """Runs ``jobs`` on an ``AsyncIOScheduler`` until ``stop()``; claims shared runs in ``store``."""
 
-    def __init__(self, pool: asyncpg.Pool, jobs: Sequence[Job], *, stop_grace: float = STOP_GRACE) -> None:
+    def __init__(self, store: Store, jobs: Sequence[Job], *, stop_grace: float = STOP_GRACE) -> None:
         names = [job.name for job in jobs]
         if len(set(names)) != len(names):
             raise ValueError(f"job names must be unique: {names}")
-        self._pool = pool
+        self._store = store
         self.jobs = tuple(jobs)
         self._stop_grace = stop_grace
         self._running: set[asyncio.Task[object]] = set()
@@ -133,18 +130,13 @@ class Scheduler:
             self._running.discard(task)
 
     async def _run_shared(self, job: Job) -> bool:
-        # A transaction-scoped lock, so it is never left behind on a pooled connection
-        # (and works through a transaction pooler); the claim commits with the run.
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if not await conn.fetchval(q("job_try_lock"), job.name):
-                    logger.debug("job %s is running in another process; skipped", job.name)
-                    return False
-                if not await conn.fetchval(q("job_claim_run"), job.name, job.interval * CLAIM_SLACK):
-                    logger.debug("job %s ran recently in another process; skipped", job.name)
+            async with self._store.shared_run(job.name, job.interval * CLAIM_SLACK) as run:
+                if not isinstance(run, JobRun):
+                    logger.debug("job %s skipped: %s", job.name, run)
                     return False
                 ok = await self._run_guarded(job)
-                await conn.execute(q("job_finished"), job.name, None if ok else "failed (see the log)")
+                run.error = None if ok else "failed (see the log)"
                 return ok
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             self._failed(job, exc)
@@ -185,16 +177,14 @@ class Scheduler:
 # -- the jobs ---------------------------------------------------------------------------
 
 
-async def apply_retention(
-    pool: asyncpg.Pool, days: float, *, batch: int = RETENTION_BATCH
-) -> tuple[int, int]:
+async def apply_retention(store: Store, days: float, *, batch: int = RETENTION_BATCH) -> tuple[int, int]:
     """Delete finished deliveries and sequenced, fully delivered events older than ``days``.
 
     Returns (deliveries, events) deleted. Works in batches so no delete holds locks long.
     """
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    deliveries = await _delete_in_batches(pool, "retention_deliveries", cutoff, batch)
-    events = await _delete_in_batches(pool, "retention_events", cutoff, batch)
+    deliveries = await _delete_in_batches(store.delete_finished_deliveries, cutoff, batch)
+    events = await _delete_in_batches(store.delete_delivered_events, cutoff, batch)
     if deliveries or events:
         logger.info(
             "retention removed %d deliveries and %d events older than %g days", deliveries, events, days
@@ -202,56 +192,51 @@ async def apply_retention(
     return deliveries, events
 
 
-async def _delete_in_batches(pool: asyncpg.Pool, query: str, cutoff: datetime, batch: int) -> int:
+async def _delete_in_batches(
+    delete: Callable[[datetime, int], Awaitable[int]], cutoff: datetime, batch: int
+) -> int:
     total = 0
     while True:
-        async with pool.acquire() as conn:
-            status = await conn.execute(q(query), cutoff, batch)
-        deleted = int(status.split()[-1])
+        deleted = await delete(cutoff, batch)
         total += deleted
         if deleted < batch:
             return total
 
 
-async def refresh_queue_depths(pool: asyncpg.Pool) -> None:
-    """Set ``relay_deliveries_pending{channel,state}`` from ``relay.deliveries``."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(q("delivery_queue_depths"))
-    counts = {(row["channel"], row["state"]): int(row["n"]) for row in rows}
-    for channel in {*CHANNELS, *(channel for channel, _ in counts)}:
+async def refresh_queue_depths(store: Store) -> None:
+    """Set ``relay_deliveries_pending{channel,state}`` (the label holds the destination kind)."""
+    counts = await store.queue_depths()
+    for kind in {*KINDS, *(kind for kind, _ in counts)}:
         for state in QUEUE_STATES:
-            metrics.deliveries_pending.labels(channel, state).set(counts.get((channel, state), 0))
+            metrics.deliveries_pending.labels(kind, state).set(counts.get((kind, state), 0))
 
 
-EndpointDisabler = Callable[[asyncpg.Pool, float], Awaitable[object]]
-PushPruner = Callable[[asyncpg.Pool], Awaitable[object]]
+EndpointDisabler = Callable[[Store, float], Awaitable[object]]
+PushPruner = Callable[[Store], Awaitable[object]]
 
 
 def build_scheduler(
-    relay: Relay,
+    store: Store,
+    settings: Settings,
     *,
     disable_failing_endpoints: EndpointDisabler | None = None,
     prune_push_subscriptions: PushPruner | None = None,
     extra_jobs: Sequence[Job] = (),
 ) -> Scheduler:
-    """The relay's scheduler: the standard jobs, the optional channel jobs, then ``extra_jobs``.
+    """The relay's scheduler: the standard jobs, the optional destination jobs, then ``extra_jobs``.
 
-    ``disable_failing_endpoints(pool, days)`` runs hourly with
-    ``settings.endpoint_disable_after_days``; ``prune_push_subscriptions(pool)`` runs hourly.
+    ``disable_failing_endpoints(store, days)`` runs hourly with
+    ``settings.endpoint_disable_after_days``; ``prune_push_subscriptions(store)`` runs hourly.
+    Reconciliation is not a job: the feed runs a pass every ``RELAY_RECONCILE_INTERVAL``.
     """
-    settings, pool = relay.settings, relay.pool
-
-    async def reconcile() -> None:
-        relay.feed.wake()
 
     async def retention() -> None:
-        await apply_retention(pool, settings.retention_days)
+        await apply_retention(store, settings.retention_days)
 
     async def queue_depths() -> None:
-        await refresh_queue_depths(pool)
+        await refresh_queue_depths(store)
 
     jobs = [
-        Job("reconcile", reconcile, settings.reconcile_interval, shared=False),
         Job("retention", retention, RETENTION_INTERVAL),
         Job("queue_depths", queue_depths, QUEUE_DEPTH_INTERVAL, shared=False),
     ]
@@ -259,14 +244,14 @@ def build_scheduler(
         disabler = disable_failing_endpoints
 
         async def endpoints() -> None:
-            await disabler(pool, settings.endpoint_disable_after_days)
+            await disabler(store, settings.endpoint_disable_after_days)
 
         jobs.append(Job("disable_failing_endpoints", endpoints, ENDPOINT_DISABLE_INTERVAL))
     if prune_push_subscriptions is not None:
         pruner = prune_push_subscriptions
 
         async def prune() -> None:
-            await pruner(pool)
+            await pruner(store)
 
         jobs.append(Job("prune_push_subscriptions", prune, PUSH_PRUNE_INTERVAL))
-    return Scheduler(pool, [*jobs, *extra_jobs])
+    return Scheduler(store, [*jobs, *extra_jobs])

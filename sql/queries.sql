@@ -8,6 +8,15 @@ FROM relay.advance($1, $2);
 -- name: sequence_events
 SELECT relay.sequence_events();
 
+-- name: ping
+SELECT 1;
+
+-- name: notify_queue_usage
+SELECT pg_notification_queue_usage();
+
+-- name: notify
+SELECT pg_notify($1, $2);
+
 -- name: merchant_events_after
 SELECT position AS event_position, id AS event_id, channel, merchant_id, payload, created_at
 FROM relay.events
@@ -201,7 +210,15 @@ WHERE ($1::text IS NULL OR merchant_id = $1)
 ORDER BY id;
 
 -- name: webhook_delete
-DELETE FROM relay.webhook_endpoints WHERE id = $1 AND merchant_id = $2 RETURNING id;
+-- Remove a merchant's endpoint and cancel what was still waiting for it.
+WITH removed AS (
+    DELETE FROM relay.webhook_endpoints WHERE id = $1 AND merchant_id = $2 RETURNING id
+), cancelled AS (
+    UPDATE relay.deliveries d SET state = 'cancelled', updated_at = now()
+    FROM removed
+    WHERE d.channel = 'webhook' AND d.target_id = removed.id AND d.state = 'pending'
+)
+SELECT count(*) FROM removed;
 
 -- name: webhook_disable
 UPDATE relay.webhook_endpoints
@@ -318,3 +335,48 @@ WITH pruned AS (
     WHERE d.channel = 'push' AND d.target_id = pruned.id AND d.state = 'pending'
 )
 SELECT count(*) FROM pruned;
+
+-- ---------------------------------------------------------------- migrations and checks
+
+-- name: migrate_lock
+-- Held until the migrating transaction ends: a second `relay migrate` waits, then finds
+-- nothing left to do.
+SELECT pg_advisory_xact_lock(hashtext('relay.migrate'));
+
+-- name: booking_table_exists
+SELECT to_regclass('"Booking"') IS NOT NULL;
+
+-- name: search_path
+SHOW search_path;
+
+-- name: server_version
+SHOW server_version;
+
+-- name: migrations_table
+CREATE SCHEMA IF NOT EXISTS relay;
+CREATE TABLE IF NOT EXISTS relay.schema_migrations (
+    name       text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+SELECT name FROM relay.schema_migrations;
+
+-- name: migration_record
+INSERT INTO relay.schema_migrations (name) VALUES ($1);
+
+-- name: schema_present
+SELECT to_regclass('relay.schema_migrations') IS NOT NULL;
+
+-- name: migrations_count
+SELECT count(*) FROM relay.schema_migrations;
+
+-- name: trigger_attached
+SELECT EXISTS (
+    SELECT 1 FROM pg_trigger t
+    JOIN pg_proc p ON p.oid = t.tgfoid
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE t.tgrelid = to_regclass('"Booking"')
+      AND n.nspname = 'relay' AND p.proname = 'notify_booking_changes'
+      AND NOT t.tgisinternal
+);

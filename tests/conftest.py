@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from relay.config import Settings
-from relay.db import migrate
 from relay.embedded import EmbeddedPostgres
+from relay.store import migrate
 
 BOOKING_TABLE = """
 CREATE TABLE "Booking" (

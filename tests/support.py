@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from starlette.routing import BaseRoute
 
 from relay import app
 from relay.config import Settings
+from relay.db import create_pool
 from relay.events import Event
 from relay.metrics import REGISTRY
 
@@ -76,3 +79,22 @@ def with_user(url: str, user: str) -> str:
     parts = urlsplit(url)
     netloc = f"{user}@{parts.hostname}:{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def http_routes(settings: Settings) -> list[BaseRoute]:
+    """Every route of the ASGI app a relay with ``settings`` serves (building it opens nothing:
+    the pool connects lazily)."""
+
+    async def build() -> Any:
+        pool = await create_pool(settings.require_database_url())
+        try:
+            return app.http_app(app.build_services(settings, pool))
+        finally:
+            await pool.close()
+
+    asgi = asyncio.run(build())
+    # Unwrap the ASGI layers around the Starlette app (send capture, Socket.IO).
+    while not hasattr(asgi, "routes"):
+        asgi = getattr(asgi, "app", None) or asgi.other_asgi_app
+    routes: list[BaseRoute] = asgi.routes
+    return routes

@@ -145,20 +145,22 @@ def booking(booking_id: str, merchant: str, status: str = "PENDING") -> str:
 async def running_dispatcher(
     db_url: str, *, schedule: str = "0,100ms,100ms", send_timeout: float = 15.0, **kwargs: Any
 ) -> AsyncIterator[Any]:
-    """A dispatcher with the webhook channel, without the rest of the relay (no feed)."""
+    """A dispatcher with the webhook destination, without the rest of the relay (no feed)."""
     from relay.db import create_pool
     from relay.dispatcher import Dispatcher
     from relay.egress import build_client
     from relay.retry import RetrySchedule
-    from relay.webhooks.sender import WebhookChannel
+    from relay.store import Store
+    from relay.webhooks.sender import WebhookDestination
 
     pool = await create_pool(db_url)
     stop = asyncio.Event()
     try:
         async with build_client(LOOPBACK) as client:
-            channel = WebhookChannel(pool, client, timeout=send_timeout, stop=stop)
+            store = Store(pool)
+            destination = WebhookDestination(store, client, timeout=send_timeout, stop=stop)
             kwargs.setdefault("poll_interval", 0.2)
-            dispatcher = Dispatcher(pool, [channel], RetrySchedule.parse(schedule), **kwargs)
+            dispatcher = Dispatcher(store, [destination], RetrySchedule.parse(schedule), **kwargs)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(dispatcher.plan_loop(stop))
                 tasks.create_task(dispatcher.deliver_loop(stop))

@@ -7,32 +7,28 @@ starts at the oldest retained event.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from relay.db import q
-from relay.events import Event, decode_cursor, encode_cursor
+from relay.auth import TokenVerifier
+from relay.events import decode_cursor, encode_cursor
 from relay.http_auth import authenticate, error
-
-if TYPE_CHECKING:
-    from relay.app import Relay
+from relay.store import Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
-def routes(relay: Relay) -> list[BaseRoute]:
+def routes(store: Store, verifier: TokenVerifier | None) -> list[BaseRoute]:
     async def events(request: Request) -> Response:
-        return await list_events(relay, request)
+        return await list_events(store, verifier, request)
 
     return [Route("/events", events, methods=["GET"])]
 
 
-async def list_events(relay: Relay, request: Request) -> Response:
-    claims = authenticate(request, relay.verifier)
+async def list_events(store: Store, verifier: TokenVerifier | None, request: Request) -> Response:
+    claims = authenticate(request, verifier)
     if isinstance(claims, Response):
         return claims
     since = request.query_params.get("since")
@@ -47,12 +43,10 @@ async def list_events(relay: Relay, request: Request) -> Response:
         limit = 0
     if limit < 1:
         return error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
-    async with relay.pool.acquire() as conn:
-        await conn.execute(q("sequence_events"))
-        if after is None:
-            after = int(await conn.fetchval(q("oldest_position")))
-        rows = await conn.fetch(q("merchant_events_after"), claims.merchant_id, after, limit)
-    page = [Event.from_row(row) for row in rows]
+    await store.sequence()
+    if after is None:
+        after = await store.oldest_position()
+    page = await store.merchant_events(claims.merchant_id, after, limit)
     return JSONResponse(
         {
             "events": [{"channel": e.channel, "cursor": e.cursor, "data": e.data} for e in page],

@@ -15,9 +15,8 @@ put on its Engine.IO queue, so per-client order is kept either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
@@ -25,14 +24,11 @@ from socketio import packet as sio_packet
 from starlette.types import ASGIApp
 
 from relay import metrics
-from relay.auth import AuthError
+from relay.auth import AuthError, TokenVerifier
 from relay.events import Event
 from relay.live.hub import Encoded, Hub, Interest, Sink
 from relay.live.websocket import CLOSE_TOO_SLOW, OFF_MESSAGE
 from relay.live.wire import RawSocket
-
-if TYPE_CHECKING:
-    from relay.app import Relay
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +103,27 @@ class SioSink(Sink):
             self.hub.spawn(lambda: self._server.disconnect(self.sid, namespace=NAMESPACE))
 
 
-def build_server(relay: Relay) -> socketio.AsyncServer:
-    origins = relay.settings.allowed_origins
+class Gateway:
+    """The Socket.IO server in front of the other routes; its clients join ``hub``'s rooms."""
+
+    def __init__(self, hub: Hub, verifier: TokenVerifier | None, allowed_origins: list[str]) -> None:
+        self._sinks: dict[str, SioSink] = {}
+        self.server = build_server(hub, verifier, allowed_origins, self._sinks)
+
+    def mount(self, app: ASGIApp) -> ASGIApp:
+        """Serve Socket.IO at /socket.io/ in front of ``app`` (every other path)."""
+        asgi: ASGIApp = socketio.ASGIApp(self.server, other_asgi_app=app, socketio_path="socket.io")
+        return asgi
+
+    async def disconnect_all(self) -> None:
+        """At shutdown: close every client (they reconnect to another process)."""
+        for sid in list(self._sinks):
+            await self.server.disconnect(sid, namespace=NAMESPACE)
+
+
+def build_server(
+    hub: Hub, verifier: TokenVerifier | None, origins: list[str], sinks: dict[str, SioSink]
+) -> socketio.AsyncServer:
     server = socketio.AsyncServer(
         async_mode="asgi",
         cors_allowed_origins=("*" if "*" in origins else origins) if origins else None,  # None: same origin
@@ -116,19 +131,17 @@ def build_server(relay: Relay) -> socketio.AsyncServer:
         logger=False,
         engineio_logger=False,
     )
-    sinks: dict[str, SioSink] = {}
     gauge = metrics.ws_connections.labels(transport="socketio")
 
     async def connect(sid: str, environ: dict[str, Any], auth: object = None) -> None:
-        hub = relay.live
-        if relay.verifier is None:
+        if verifier is None:
             raise socketio.exceptions.ConnectionRefusedError(OFF_MESSAGE)
         token = auth.get("token") if isinstance(auth, dict) else None
         if not token:
             scheme, _, value = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else None
         try:
-            claims = relay.verifier.verify(token if isinstance(token, str) else None)
+            claims = verifier.verify(token if isinstance(token, str) else None)
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         sink = SioSink(hub, Interest(claims.merchant_id), server, sid)
@@ -177,14 +190,6 @@ def build_server(relay: Relay) -> socketio.AsyncServer:
     async def unsubscribe(sid: str, data: object = None) -> None:
         await change("unsubscribe", sid, data)
 
-    async def disconnect_all_on_stop() -> None:
-        await relay.stop.wait()
-        for sid in list(sinks):
-            await server.disconnect(sid, namespace=NAMESPACE)
-
-    with contextlib.suppress(RuntimeError):  # no running loop: nothing to stop
-        relay.live.spawn(disconnect_all_on_stop)
-
     handle_eio_disconnect = server._handle_eio_disconnect
 
     async def eio_disconnect(eio_sid: str, reason: object = None) -> None:
@@ -201,10 +206,3 @@ def build_server(relay: Relay) -> socketio.AsyncServer:
     server.on("subscribe", subscribe, namespace=NAMESPACE)
     server.on("unsubscribe", unsubscribe, namespace=NAMESPACE)
     return server
-
-
-def mount(relay: Relay, app: ASGIApp) -> ASGIApp:
-    """Serve Socket.IO at /socket.io/ in front of ``app`` (every other path)."""
-    server = build_server(relay)
-    asgi: ASGIApp = socketio.ASGIApp(server, other_asgi_app=app, socketio_path="socket.io")
-    return asgi

@@ -15,22 +15,20 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay import metrics
-from relay.auth import AuthError, Claims
-from relay.db import TRANSIENT_ERRORS, q
+from relay.auth import AuthError, Claims, TokenVerifier
+from relay.db import TRANSIENT_ERRORS
 from relay.events import Event, decode_cursor
 from relay.http_auth import bearer_token, error, origin_allowed
 from relay.live.hub import Encoded, Hub, Interest, Sink
 from relay.live.wire import RawSocket
-
-if TYPE_CHECKING:
-    from relay.app import Relay
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -116,25 +114,28 @@ async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
         await websocket.close(code, reason)
 
 
-def routes(relay: Relay) -> list[BaseRoute]:
+def routes(
+    hub: Hub, store: Store, verifier: TokenVerifier | None, allowed_origins: list[str]
+) -> list[BaseRoute]:
+    """``/ws`` over ``hub`` (live events) and ``store`` (replay); 503 while ``verifier`` is None."""
+
     async def endpoint(websocket: WebSocket) -> None:
-        await serve(relay, websocket)
+        if not origin_allowed(websocket, allowed_origins):
+            await websocket.close(CLOSE_POLICY)  # before accept: HTTP 403
+            return
+        if verifier is None:
+            await websocket.send_denial_response(error(503, OFF_MESSAGE))
+            return
+        await serve(hub, store, verifier, websocket)
 
     return [WebSocketRoute("/ws", endpoint)]
 
 
-async def serve(relay: Relay, websocket: WebSocket) -> None:
-    if not origin_allowed(websocket, relay.settings.allowed_origins):
-        await websocket.close(CLOSE_POLICY)  # before accept: HTTP 403
-        return
-    hub = relay.live
-    if relay.verifier is None:
-        await websocket.send_denial_response(error(503, OFF_MESSAGE))
-        return
+async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebSocket) -> None:
     token = websocket.query_params.get("token") or bearer_token(websocket)
     await websocket.accept()
     try:
-        claims = relay.verifier.verify(token)
+        claims = verifier.verify(token)
     except AuthError as exc:
         await close(websocket, CLOSE_UNAUTHORIZED, str(exc)[:120])
         return
@@ -160,7 +161,7 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
         floor = 0
         if after is not None:
             try:
-                floor = await replay(relay.pool, websocket, sink, after)
+                floor = await replay(store, websocket, sink, after)
             except DB_ERRORS as exc:
                 logger.warning(
                     "replay failed (%s: %s); the client resumes later",
@@ -184,20 +185,18 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
             pump.cancel()
 
 
-async def replay(pool: asyncpg.Pool, websocket: WebSocket, sink: WsSink, after: int) -> int:
+async def replay(store: Store, websocket: WebSocket, sink: WsSink, after: int) -> int:
     """Send the merchant's events after ``after`` in position order; return the last position sent."""
-    async with pool.acquire() as conn:
-        await conn.execute(q("sequence_events"))
-        while True:
-            rows = await conn.fetch(q("merchant_events_after"), sink.merchant_id, after, REPLAY_PAGE)
-            for row in rows:
-                if sink.closed:  # fell behind while replaying: it resumes again later
-                    return after
-                event = Event.from_row(row)
-                await websocket.send_text(TRANSPORT.encode(event).text)
-                after = event.position
-            if len(rows) < REPLAY_PAGE:
+    await store.sequence()
+    while True:
+        page = await store.merchant_events(sink.merchant_id, after, REPLAY_PAGE)
+        for event in page:
+            if sink.closed:  # fell behind while replaying: it resumes again later
                 return after
+            await websocket.send_text(TRANSPORT.encode(event).text)
+            after = event.position
+        if len(page) < REPLAY_PAGE:
+            return after
 
 
 async def converse(websocket: WebSocket, sink: WsSink, claims: Claims) -> None:

@@ -2,124 +2,27 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated
-from urllib.parse import urlsplit
 
 import asyncpg
-from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from relay.config import IPNetwork, Settings
-from relay.db import TRANSIENT_ERRORS, q
-from relay.egress import EgressRefused, system_resolver, validate_url
-from relay.errors import ConfigError
+from relay.auth import TokenVerifier
+from relay.config import IPNetwork
+from relay.db import TRANSIENT_ERRORS
 from relay.events import CHANNELS
 from relay.http_auth import MAX_BODY, authenticate, error, read_json
-from relay.push.vapid import VapidSigner, b64url_decode
-
-if TYPE_CHECKING:
-    from relay.app import Relay
+from relay.push.subscriptions import EndpointIn, SubscriptionIn, endpoint_problem
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 PUSH_OFF = "Web Push is off: set RELAY_VAPID_PRIVATE_KEY and RELAY_VAPID_SUBJECT (see `relay vapid-keys`)"
-MAX_ENDPOINT = 2048
-MAX_EXPIRATION_MS = 253402300799000  # 9999-12-31, as PushSubscription.expirationTime (ms)
-
-
-class SubscriptionKeys(BaseModel):
-    p256dh: str
-    auth: str
-
-    @field_validator("p256dh")
-    @classmethod
-    def _p256dh(cls, value: str) -> str:
-        try:
-            raw = b64url_decode(value)
-        except ValueError:
-            raise ValueError("must be base64url") from None
-        if len(raw) != 65 or raw[0] != 4:
-            raise ValueError(f"must be a 65-byte uncompressed P-256 point (got {len(raw)} bytes)")
-        try:
-            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
-        except ValueError:
-            raise ValueError("is not a point on the P-256 curve") from None
-        return value
-
-    @field_validator("auth")
-    @classmethod
-    def _auth(cls, value: str) -> str:
-        try:
-            raw = b64url_decode(value)
-        except ValueError:
-            raise ValueError("must be base64url") from None
-        if len(raw) != 16:
-            raise ValueError(f"must be 16 bytes (got {len(raw)})")
-        return value
-
-
-class SubscriptionIn(BaseModel):
-    """A browser ``PushSubscription.toJSON()`` plus an optional ``channels`` filter."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    endpoint: Annotated[str, Field(max_length=MAX_ENDPOINT)]
-    keys: SubscriptionKeys
-    expirationTime: Annotated[float, Field(ge=0, le=MAX_EXPIRATION_MS)] | None = None
-    channels: list[str] | None = None
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("must be an https URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials")
-        try:
-            parts.port  # noqa: B018 - raises for a malformed port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        return value
-
-    @field_validator("channels")
-    @classmethod
-    def _channels(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        unknown = [c for c in value if c not in CHANNELS]
-        if unknown:
-            raise ValueError(f"unknown channel {unknown[0]!r}; expected some of {', '.join(CHANNELS)}")
-        if not value:
-            raise ValueError("must name at least one channel (omit it for all)")
-        return sorted(set(value), key=CHANNELS.index)
-
-    @property
-    def expires_at(self) -> datetime | None:
-        if self.expirationTime is None:
-            return None
-        return datetime.fromtimestamp(self.expirationTime / 1000, UTC)
-
-
-class EndpointIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    endpoint: Annotated[str, Field(min_length=1, max_length=MAX_ENDPOINT)]
-
-    @field_validator("endpoint")
-    @classmethod
-    def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -137,36 +40,11 @@ def invalid(exc: ValidationError) -> JSONResponse:
     return JSONResponse({"error": message, "errors": errors}, status_code=422)
 
 
-async def endpoint_problem(endpoint: str, allow: list[IPNetwork]) -> str | None:
-    """Why the egress guard refuses an endpoint: a literal non-public address outside
-    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it."""
-    try:
-        validate_url(endpoint, allow)
-    except EgressRefused as exc:
-        return str(exc)
-    parts = urlsplit(endpoint)
-    if parts.scheme == "https":
-        return None
-    refused = "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW)"
-    try:
-        resolved = await system_resolver(parts.hostname or "", parts.port or 80)
-    except OSError:
-        return refused + "; the host does not resolve"
-    addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
-    if not addresses or not all(any(a in net for net in allow) for a in addresses):
-        return refused
-    return None
-
-
-def push_routes(relay: Relay) -> list[BaseRoute]:
-    """The Web Push routes of ``build_app``."""
-    settings: Settings = relay.settings
-    public_key: str | None = None
-    if settings.push_enabled:
-        try:
-            public_key = VapidSigner.from_settings(settings).public_key
-        except ConfigError:
-            public_key = None  # app start refuses this configuration; the route stays off
+def routes(
+    store: Store, verifier: TokenVerifier | None, public_key: str | None, egress_allow: Sequence[IPNetwork]
+) -> list[BaseRoute]:
+    """The Web Push routes; ``public_key`` None (Web Push off) answers 503, as does ``verifier``
+    None (no JWT key) on the token routes."""
 
     async def vapid_public_key(_request: Request) -> Response:
         if public_key is None:
@@ -187,7 +65,7 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
             return response
         if public_key is None:
             return error(503, PUSH_OFF)
-        claims = authenticate(request, relay.verifier)
+        claims = authenticate(request, verifier)
         if isinstance(claims, Response):
             return claims
         body = await read_json(request, MAX_BODY)
@@ -198,39 +76,40 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
                 gone = EndpointIn.model_validate(body)
             except ValidationError as exc:
                 return invalid(exc)
-            async with relay.pool.acquire() as conn:
-                await conn.execute(
-                    q("push_subscription_delete"), gone.endpoint, claims.merchant_id, claims.user_id
-                )
+            await store.delete_subscription(gone.endpoint, claims.merchant_id, claims.user_id)
             return Response(status_code=204)
         try:
             sub = SubscriptionIn.model_validate(body)
         except ValidationError as exc:
             return invalid(exc)
-        problem = await endpoint_problem(sub.endpoint, settings.egress_allow)
+        problem = await endpoint_problem(sub.endpoint, egress_allow)
         if problem is not None:
             return JSONResponse(
                 {"error": f"endpoint: {problem}", "errors": [{"field": "endpoint", "message": problem}]},
                 status_code=422,
             )
-        async with relay.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                q("push_subscription_upsert"),
-                claims.merchant_id,
-                claims.user_id,
-                sub.endpoint,
-                sub.keys.p256dh,
-                sub.keys.auth,
-                sub.expires_at,
-                sub.channels,
-            )
+        subscription_id, created = await store.upsert_subscription(
+            claims.merchant_id,
+            claims.user_id,
+            sub.endpoint,
+            sub.keys.p256dh,
+            sub.keys.auth,
+            sub.expires_at,
+            sub.channels,
+        )
         logger.info(
             "push subscription %s %s",
-            row["id"],
-            "created" if row["created"] else "updated",
-            extra={"channel": "push", "merchant_id": claims.merchant_id},
+            subscription_id,
+            "created" if created else "updated",
+            extra={
+                "destination": "push",
+                "merchant_id": claims.merchant_id,
+                "subscription_id": subscription_id,
+            },
         )
-        return JSONResponse({"id": row["id"], "channels": sub.channels or list(CHANNELS)}, status_code=201)
+        return JSONResponse(
+            {"id": subscription_id, "channels": sub.channels or list(CHANNELS)}, status_code=201
+        )
 
     return [
         Route("/push/vapid-public-key", vapid_public_key, methods=["GET"]),

@@ -16,13 +16,13 @@ import httpx
 from py_vapid import VapidException
 from pywebpush import WebPusher, WebPushException
 
-from relay.config import Settings
-from relay.db import q, retrying
+from relay.db import retrying
 from relay.destinations import Delivery, Outcome
 from relay.errors import PermanentError, RelayError
 from relay.events import Event
 from relay.push.notification import render, topic_for, urgency_for
 from relay.push.vapid import VapidSigner, origin_of
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -166,31 +166,18 @@ class WebPushSender:
         return outcome_for(response)
 
 
-class WebPushChannel:
-    """The ``push`` channel: one delivery per live subscription of the event's merchant."""
+class WebPushDestination:
+    """The ``push`` destination: one delivery per live subscription of the event's merchant."""
 
-    name: ClassVar[str] = "push"
-    plan_sql: ClassVar[str] = q("push_plan")
+    kind: ClassVar[str] = "push"
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, client: httpx.AsyncClient) -> None:
-        # Raises ConfigError (one line naming the variable) for a malformed key or subject.
-        self.signer = VapidSigner.from_settings(settings)
-        self.pool = pool
-        self.sender = WebPushSender(self.signer, client)
-
-    @property
-    def costs(self) -> SendCosts:
-        return self.sender.costs
+    def __init__(self, store: Store, sender: WebPushSender) -> None:
+        self._store = store
+        self.sender = sender
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
-        extra = {
-            "event_id": event.id,
-            "channel": self.name,
-            "merchant_id": event.merchant_id,
-            "delivery_id": delivery.id,
-        }
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(q("push_subscription"), delivery.target_id)
+        log = {**delivery.log, "subscription_id": delivery.destination_id}
+        row = await self._store.subscription(delivery.destination_id)
         if row is None:
             return Outcome("permanent", None, "subscription removed")
         if row["gone_since"] is not None:
@@ -202,9 +189,9 @@ class WebPushChannel:
         subscription = Subscription(row["id"], row["endpoint"], row["p256dh"], row["auth"])
         outcome = await self.sender.send(subscription, event.channel, event.data)
         if outcome.kind == "permanent":
-            logger.warning("push refused permanently: %s", outcome.detail, extra=extra)
+            logger.warning("push refused permanently: %s", outcome.detail, extra=log)
         elif outcome.kind != "success":
-            logger.info("push %s: %s", outcome.kind, outcome.detail, extra=extra)
+            logger.info("push %s: %s", outcome.kind, outcome.detail, extra=log)
         success = outcome.kind == "success"
         # A steady stream of successes would rewrite the same row on every send: record
         # a success only when it changes something (a failure streak ends) or at most
@@ -213,43 +200,31 @@ class WebPushChannel:
             await self._record(subscription.id, success)
         return outcome
 
-    async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def gone(self, delivery: Delivery, outcome: Outcome) -> None:
+        subscription_id = delivery.destination_id
         logger.info(
             "push subscription %s gone (%s)",
-            delivery.target_id,
+            subscription_id,
             outcome.detail,
-            extra={"channel": self.name, "merchant_id": delivery.merchant_id, "delivery_id": delivery.id},
+            extra={**delivery.log, "subscription_id": subscription_id},
         )
-
-        async def mark() -> None:
-            async with self.pool.acquire() as conn:
-                await conn.execute(q("push_subscription_gone"), delivery.target_id, delivery.id)
-
-        await retrying(mark, what="marking a push subscription gone")
+        await retrying(
+            lambda: self._store.subscription_gone(subscription_id, delivery.id),
+            what="marking a push subscription gone",
+        )
 
     async def _record(self, subscription_id: int, success: bool) -> None:
         """Subscription bookkeeping after a send; never raises, since the push went out and
         an error here must not make the dispatcher think it did not (a duplicate send)."""
-
-        async def write() -> None:
-            async with self.pool.acquire() as conn:
-                await conn.execute(q("push_subscription_sent"), subscription_id, success)
-
         try:
-            await retrying(write, what="recording a push attempt")
+            await retrying(
+                lambda: self._store.subscription_sent(subscription_id, success),
+                what="recording a push attempt",
+            )
         except asyncpg.PostgresError as exc:
             logger.warning(
                 "could not record push attempt on subscription %s: %s",
                 subscription_id,
                 exc,
-                extra={"channel": self.name},
+                extra={"destination": self.kind, "subscription_id": subscription_id},
             )
-
-
-async def prune_push_subscriptions(pool: asyncpg.Pool) -> int:
-    """Delete subscriptions that are gone or expired, cancelling their pending deliveries."""
-    async with pool.acquire() as conn:
-        count: int = await conn.fetchval(q("push_prune"))
-    if count:
-        logger.info("pruned %d push subscriptions", count, extra={"channel": "push"})
-    return count

@@ -13,6 +13,7 @@ from relay.config import Settings
 from relay.egress import EgressRefused
 from relay.errors import RelayError
 from relay.retry import parse_delay
+from relay.store import Store
 from relay.webhooks import endpoints as webhooks
 
 
@@ -45,20 +46,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     replay.add_argument("--delivery", type=int, action="append", default=None, help="a delivery id (repeat)")
 
 
-async def _with_conn(settings: Settings, action: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
     conn = await asyncpg.connect(settings.require_database_url(), timeout=10)
     try:
-        return await action(conn)
+        return await action(Store(conn))
     finally:
         await conn.close()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    async def act(conn: asyncpg.Connection) -> int:
+    async def act(store: Store) -> int:
         if args.action == "add":
             try:
                 endpoint, secret = await webhooks.add_endpoint(
-                    conn,
+                    store,
                     merchant_id=args.merchant,
                     url=args.url,
                     events=args.events,
@@ -72,28 +73,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"secret={secret}")
             return 0
         if args.action == "list":
-            for endpoint in await webhooks.list_endpoints(conn, args.merchant):
+            for endpoint in await webhooks.list_endpoints(store, args.merchant):
                 print(json.dumps(endpoint))
             return 0
         if args.action == "disable":
-            return _report(await webhooks.disable_endpoint(conn, args.id, args.reason), args.id, "disabled")
+            return _report(await store.disable_endpoint(args.id, args.reason), args.id, "disabled")
         if args.action == "enable":
-            return _report(await webhooks.enable_endpoint(conn, args.id), args.id, "enabled")
+            return _report(await store.enable_endpoint(args.id), args.id, "enabled")
         if args.action == "rotate-secret":
             try:
                 overlap = parse_delay(args.overlap)
             except ValueError as exc:
                 raise RelayError(f"--overlap: {exc}") from None
-            rotated = await webhooks.rotate_secret(conn, args.id, overlap)
+            rotated = await webhooks.rotate_secret(store, args.id, overlap)
             if rotated is None:
                 raise RelayError(f"no webhook endpoint {args.id}")
             print(f"secret={rotated}")
             return 0
-        ids = await webhooks.replay(conn, args.delivery, args.endpoint)
+        ids = await store.replay(args.delivery, args.endpoint)
         print(f"replaying {len(ids)} deliveries")
         return 0
 
-    return asyncio.run(_with_conn(settings, act))
+    return asyncio.run(_with_store(settings, act))
 
 
 def _report(changed: bool, endpoint_id: int, what: str) -> int:

@@ -1,51 +1,31 @@
 """Merchant webhook endpoints: registration, secrets, enable/disable, replay.
 
 Shared by the CLI (``relay webhooks ...``), the HTTP routes and the scheduler. Every
-function takes a pool or connection; none opens one.
+function takes the store it works on.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from relay.db import q
 from relay.egress import IPNetwork, validate_url
 from relay.errors import RelayError
 from relay.events import CHANNELS
+from relay.store import Store
+from relay.webhooks.signing import new_secret
 
 logger = logging.getLogger(__name__)
 
-SECRET_PREFIX = "whsec_"
 DEFAULT_ROTATION_OVERLAP = 24 * 3600.0
 
 
 class EndpointError(RelayError):
     """The webhook endpoint request is not valid."""
-
-
-def new_secret() -> str:
-    """A fresh signing secret: ``whsec_`` + base64 of 24 random bytes (as Svix issues them)."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
-
-
-def secret_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` (Standard Webhooks)."""
-    to_sign = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), to_sign, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 def parse_events(events: Iterable[str] | str | None) -> list[str] | None:
@@ -85,7 +65,7 @@ def public(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
 
 
 async def add_endpoint(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    store: Store,
     *,
     merchant_id: str,
     url: str,
@@ -98,66 +78,33 @@ async def add_endpoint(
     url = validate_url(url, allow)
     filters = parse_events(events)
     secret = new_secret()
-    row = await conn.fetchrow(q("webhook_add"), merchant_id, url, filters, secret)
-    logger.info("webhook endpoint %s added", row["id"], extra={"merchant_id": merchant_id})
+    row = await store.add_endpoint(merchant_id, url, filters, secret)
+    logger.info(
+        "webhook endpoint %s added", row["id"], extra={"merchant_id": merchant_id, "endpoint_id": row["id"]}
+    )
     return public(row), secret
 
 
-async def list_endpoints(
-    conn: asyncpg.Connection | asyncpg.Pool, merchant_id: str | None
-) -> list[dict[str, Any]]:
-    return [public(r) for r in await conn.fetch(q("webhook_list"), merchant_id)]
-
-
-async def delete_endpoint(pool: asyncpg.Pool, endpoint_id: int, merchant_id: str) -> bool:
-    """Remove a merchant's endpoint; its undelivered deliveries are cancelled."""
-    async with pool.acquire() as conn, conn.transaction():
-        deleted = await conn.fetchval(q("webhook_delete"), endpoint_id, merchant_id)
-        if deleted is None:
-            return False
-        await conn.execute(
-            "UPDATE relay.deliveries SET state = 'cancelled', updated_at = now() "
-            "WHERE channel = 'webhook' AND target_id = $1 AND state = 'pending'",
-            endpoint_id,
-        )
-    return True
-
-
-async def disable_endpoint(conn: asyncpg.Connection | asyncpg.Pool, endpoint_id: int, reason: str) -> bool:
-    return await conn.fetchval(q("webhook_disable"), endpoint_id, reason) is not None
-
-
-async def enable_endpoint(conn: asyncpg.Connection | asyncpg.Pool, endpoint_id: int) -> bool:
-    return await conn.fetchval(q("webhook_enable"), endpoint_id) is not None
+async def list_endpoints(store: Store, merchant_id: str | None) -> list[dict[str, Any]]:
+    return [public(r) for r in await store.endpoints(merchant_id)]
 
 
 async def rotate_secret(
-    conn: asyncpg.Connection | asyncpg.Pool, endpoint_id: int, overlap: float = DEFAULT_ROTATION_OVERLAP
+    store: Store, endpoint_id: int, overlap: float = DEFAULT_ROTATION_OVERLAP
 ) -> str | None:
     """A new secret; the old one keeps signing (second signature) for ``overlap`` seconds."""
     secret = new_secret()
-    done = await conn.fetchval(q("webhook_rotate"), endpoint_id, secret, overlap)
-    return secret if done is not None else None
+    return secret if await store.rotate_secret(endpoint_id, secret, overlap) else None
 
 
-async def replay(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    delivery_ids: Sequence[int] | None = None,
-    endpoint_id: int | None = None,
-) -> list[int]:
-    """Re-send failed deliveries (or the chosen ones, whatever their state) with fresh attempts."""
-    ids = list(delivery_ids) if delivery_ids else None
-    return [r["id"] for r in await conn.fetch(q("deliveries_replay_failed"), ids, endpoint_id)]
-
-
-async def disable_failing_endpoints(pool: asyncpg.Pool, days: float) -> int:
+async def disable_failing_endpoints(store: Store, days: float) -> int:
     """Disable endpoints that have failed continuously for ``days``; return how many (scheduler job)."""
-    rows = await pool.fetch(q("webhook_disable_failing"), float(days))
+    rows = await store.disable_failing_endpoints(days)
     for row in rows:
         logger.warning(
             "webhook endpoint %s disabled: failing for more than %s days",
             row["id"],
             days,
-            extra={"merchant_id": row["merchant_id"]},
+            extra={"merchant_id": row["merchant_id"], "endpoint_id": row["id"]},
         )
     return len(rows)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from relay.auth import TokenVerifier
 from relay.db import TRANSIENT_ERRORS
-from relay.egress import EgressRefused
+from relay.egress import EgressRefused, IPNetwork
 from relay.http_auth import authenticate, error, read_json
-from relay.webhooks.endpoints import EndpointError, add_endpoint, delete_endpoint, list_endpoints
-
-if TYPE_CHECKING:
-    from relay.app import Relay
-
+from relay.store import Store
+from relay.webhooks.endpoints import EndpointError, add_endpoint, list_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,11 @@ async def _json_body(request: Request) -> dict[str, Any] | Response:
     return body
 
 
-def webhook_routes(relay: Relay) -> list[BaseRoute]:
+def routes(
+    store: Store, verifier: TokenVerifier | None, egress_allow: Sequence[IPNetwork]
+) -> list[BaseRoute]:
+    """The merchant webhooks API over ``store``; 503 while ``verifier`` is None (no JWT key)."""
+
     async def endpoints(request: Request) -> Response:
         try:
             return await _endpoints(request)
@@ -42,23 +45,23 @@ def webhook_routes(relay: Relay) -> list[BaseRoute]:
             return error(503, "database unavailable; try again")
 
     async def _endpoints(request: Request) -> Response:
-        claims = authenticate(request, relay.verifier)
+        claims = authenticate(request, verifier)
         if isinstance(claims, Response):
             return claims
         merchant = claims.merchant_id
         if request.method == "GET":
-            return JSONResponse({"endpoints": await list_endpoints(relay.pool, merchant)})
+            return JSONResponse({"endpoints": await list_endpoints(store, merchant)})
         if request.method == "POST":
             body = await _json_body(request)
             if isinstance(body, Response):
                 return body
             try:
                 endpoint, secret = await add_endpoint(
-                    relay.pool,
+                    store,
                     merchant_id=merchant,
                     url=body.get("url"),  # type: ignore[arg-type]  # validated inside
                     events=body.get("events"),
-                    allow=relay.settings.egress_allow,
+                    allow=egress_allow,
                 )
             except EgressRefused as exc:
                 return error(422, f"url: {exc}")
@@ -80,7 +83,7 @@ def webhook_routes(relay: Relay) -> list[BaseRoute]:
             return error(422, "id: expected the endpoint's id")
         if not 0 < endpoint_id <= BIGINT_MAX:
             return error(404, "no such webhook endpoint")
-        if not await delete_endpoint(relay.pool, endpoint_id, merchant):
+        if not await store.delete_endpoint(endpoint_id, merchant):
             return error(404, "no such webhook endpoint")
         return Response(status_code=204)
 

@@ -1,33 +1,27 @@
-"""The merchant webhook channel: signed POSTs per the Standard Webhooks spec.
+"""The webhook destination: signed POSTs (``signing``) with the shared SSRF-guarded client.
 
-Body ``{"type","timestamp","data"}``; headers ``webhook-id`` (``evt_<eventId>``, the
-same for every endpoint and every retry), ``webhook-timestamp`` and
-``webhook-signature`` (one ``v1,`` signature per live secret, so both the old and
-the new one during a rotation). What counts as what is decided in
-:func:`outcome_for` alone.
+What a receiver's answer counts as is decided in :func:`outcome_for` alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import asyncpg
 import httpx
 
-from relay.db import q, retrying
+from relay.db import retrying
 from relay.destinations import Delivery, Outcome
 from relay.egress import EgressRefused
 from relay.events import Event
-from relay.webhooks.endpoints import disable_failing_endpoints, sign
-
-__all__ = ["WebhookChannel", "disable_failing_endpoints", "outcome_for", "parse_retry_after"]
+from relay.store import Store
+from relay.webhooks.signing import body_for, signed_headers
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +55,6 @@ class Endpoint:
         )
 
 
-def message_id(event: Event) -> str:
-    return f"evt_{event.id}"
-
-
-def body_for(event: Event) -> bytes:
-    timestamp = event.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    message = {"type": event.channel, "timestamp": timestamp, "data": dict(event.data)}
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def signed_headers(endpoint: Endpoint, event: Event, body: bytes, now: float) -> dict[str, str]:
-    msg_id = message_id(event)
-    timestamp = int(now)
-    return {
-        "content-type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in endpoint.secrets),
-    }
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
     if not value:
@@ -112,21 +85,20 @@ def outcome_for(status: int, headers: httpx.Headers, body: bytes) -> Outcome:
     return Outcome("retry", status, f"HTTP {status}" + (f": {text}" if text else ""), retry_after)
 
 
-class WebhookChannel:
+class WebhookDestination:
     """Sends webhook deliveries with the shared (SSRF-guarded) client it is handed."""
 
-    name: ClassVar[str] = "webhook"
-    plan_sql: ClassVar[str] = q("webhook_plan")
+    kind: ClassVar[str] = "webhook"
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: Store,
         client: httpx.AsyncClient,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         stop: asyncio.Event | None = None,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._client = client
         self._timeout = timeout
         self._stop = stop
@@ -138,7 +110,7 @@ class WebhookChannel:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await self._pool.fetchrow(q("webhook_endpoint"), endpoint_id)
+        row = await self._store.endpoint(endpoint_id)
         endpoint = Endpoint.from_row(row, datetime.now(UTC)) if row is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -148,13 +120,13 @@ class WebhookChannel:
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         # A database error here propagates: the dispatcher hands the delivery back
         # without using up an attempt.
-        endpoint = await self.endpoint(delivery.target_id)
+        endpoint = await self.endpoint(delivery.destination_id)
         if endpoint is None:
             return Outcome("permanent", None, "endpoint deleted")
         if not endpoint.enabled:
             return Outcome("permanent", None, "endpoint disabled")
         body = body_for(event)
-        headers = signed_headers(endpoint, event, body, time.time())
+        headers = signed_headers(endpoint.secrets, event, body, time.time())
         outcome = await self._post(endpoint, headers, body)
         await self._track_streak(endpoint, outcome)
         return outcome
@@ -183,31 +155,34 @@ class WebhookChannel:
         failed = outcome.kind != "success"
         if failed == endpoint.failing:
             return
-        query = q("webhook_failing") if failed else q("webhook_recovered")
-
-        async def write() -> None:
-            await self._pool.execute(query, endpoint.id)
-
         try:
-            await retrying(write, what="recording the endpoint's failure streak", stop=self._stop)
+            await retrying(
+                lambda: self._store.mark_failing(endpoint.id, failed),
+                what="recording the endpoint's failure streak",
+                stop=self._stop,
+            )
         except (asyncpg.PostgresError, OSError) as exc:
-            logger.warning("cannot record endpoint %s streak: %s", endpoint.id, exc)
+            logger.warning(
+                "cannot record endpoint %s streak: %s", endpoint.id, exc, extra={"endpoint_id": endpoint.id}
+            )
             return
         cached = self._cache.get(endpoint.id)
         if cached is not None and cached[1] is not None:
             self._cache[endpoint.id] = (cached[0], replace(cached[1], failing=failed))
 
-    async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def gone(self, delivery: Delivery, outcome: Outcome) -> None:
         reason = f"receiver answered {outcome.status} Gone" if outcome.status else "receiver is gone"
-
-        async def disable() -> Any:
-            return await self._pool.fetchval(q("webhook_disable"), delivery.target_id, reason)
-
-        if await retrying(disable, what="disabling a gone endpoint", stop=self._stop) is not None:
+        endpoint_id = delivery.destination_id
+        disabled = await retrying(
+            lambda: self._store.disable_endpoint(endpoint_id, reason),
+            what="disabling a gone endpoint",
+            stop=self._stop,
+        )
+        if disabled:
             logger.warning(
                 "webhook endpoint %s disabled: %s",
-                delivery.target_id,
+                endpoint_id,
                 reason,
-                extra={"merchant_id": delivery.merchant_id, "delivery_id": delivery.id, "channel": self.name},
+                extra={**delivery.log, "endpoint_id": endpoint_id},
             )
-        self._cache.pop(delivery.target_id, None)
+        self._cache.pop(endpoint_id, None)

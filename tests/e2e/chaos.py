@@ -48,8 +48,9 @@ from starlette.routing import Route
 
 from relay.auth import mint_token
 from relay.config import Settings
-from relay.db import TRANSIENT_ERRORS, migrate
+from relay.db import TRANSIENT_ERRORS
 from relay.embedded import EmbeddedPostgres, free_port
+from relay.store import migrate
 
 SECRET = "chaos-secret-0123456789abcdef0123456789"
 STATUSES = ("PENDING", "CONFIRMED", "IN_PROGRESS", "COMPLETED", "CANCELLED")

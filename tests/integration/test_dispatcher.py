@@ -1,4 +1,4 @@
-"""The generic dispatcher, with a fake channel: attempts, per-target fairness, failure streaks."""
+"""The generic dispatcher, with a fake destination: attempts, per-destination fairness, failure streaks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from relay.destinations import Delivery, Outcome
 from relay.dispatcher import Dispatcher
 from relay.events import Event
 from relay.retry import RetrySchedule
-from relay.webhooks.endpoints import add_endpoint, disable_failing_endpoints, enable_endpoint
+from relay.store import Store
+from relay.webhooks.endpoints import add_endpoint, disable_failing_endpoints
 from tests.webhook_receiver import (
     LOOPBACK,
     Received,
@@ -26,42 +27,44 @@ from tests.webhook_receiver import (
 )
 
 
-class FakeChannel:
-    """Targets: 1 for bookings named slow*, 2 for the others."""
+class FakeDestination:
+    """Webhook deliveries sent nowhere: to the endpoints of merchants m1, slow and fast."""
 
-    name: ClassVar[str] = "fake"
-    plan_sql: ClassVar[str] = """
-        INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id)
-        SELECT id, 'fake', CASE WHEN booking_id LIKE 'slow%' THEN 1 ELSE 2 END, merchant_id
-        FROM relay.events WHERE position > $1 AND position <= $2
-        ON CONFLICT DO NOTHING
-    """
+    kind: ClassVar[str] = "webhook"
 
     def __init__(self) -> None:
         self.calls: collections.Counter[int] = collections.Counter()
         self.sent: asyncio.Queue[Event] = asyncio.Queue()
         self.release_slow = asyncio.Event()
         self.fail_db_first = False
+        self.slow_endpoint = 0
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         self.calls[delivery.id] += 1
         if self.fail_db_first and self.calls[delivery.id] == 1:
             raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
-        if delivery.target_id == 1:
+        if delivery.destination_id == self.slow_endpoint:
             await self.release_slow.wait()
         self.sent.put_nowait(event)
         return Outcome.success(200)
 
-    async def target_gone(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def gone(self, delivery: Delivery, outcome: Outcome) -> None:
         raise AssertionError("not expected")
 
 
 async def _run(
-    db_url: str, channel: FakeChannel, **kwargs: object
+    db_url: str, destination: FakeDestination, **kwargs: object
 ) -> tuple[asyncpg.Pool, asyncio.Event, list[asyncio.Task[None]], Dispatcher]:
     pool = await create_pool(db_url)
+    store = Store(pool)
+    for merchant in ("m1", "slow", "fast"):
+        endpoint, _ = await add_endpoint(
+            store, merchant_id=merchant, url="http://127.0.0.1:9/", allow=LOOPBACK
+        )
+        if merchant == "slow":
+            destination.slow_endpoint = endpoint["id"]
     stop = asyncio.Event()
-    dispatcher = Dispatcher(pool, [channel], RetrySchedule.parse("0,100ms"), poll_interval=0.1, **kwargs)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(store, [destination], RetrySchedule.parse("0,100ms"), poll_interval=0.1, **kwargs)  # type: ignore[arg-type]
     tasks = [
         asyncio.create_task(dispatcher.plan_loop(stop)),
         asyncio.create_task(dispatcher.deliver_loop(stop)),
@@ -71,34 +74,34 @@ async def _run(
 
 
 async def test_a_database_error_before_the_send_does_not_use_up_an_attempt(db_url: str) -> None:
-    channel = FakeChannel()
-    channel.fail_db_first = True
-    pool, stop, tasks, _ = await _run(db_url, channel)
+    destination = FakeDestination()
+    destination.fail_db_first = True
+    pool, stop, tasks, _ = await _run(db_url, destination)
     try:
         await write_bookings(db_url, booking("b1", "m1"))
-        await asyncio.wait_for(channel.sent.get(), 10)
+        await asyncio.wait_for(destination.sent.get(), 10)
         rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "succeeded")
     finally:
         stop.set()
         await asyncio.gather(*tasks)
         await pool.close()
-    assert list(channel.calls.values()) == [2]
+    assert list(destination.calls.values()) == [2]
     assert rows[0]["attempts"] == 1  # the schedule allows 2; the DB error did not count
 
 
-async def test_one_slow_target_does_not_stall_the_others(db_url: str) -> None:
-    channel = FakeChannel()
-    pool, stop, tasks, _ = await _run(db_url, channel, concurrency=16, per_target=2, batch=20)
+async def test_one_slow_destination_does_not_stall_the_others(db_url: str) -> None:
+    destination = FakeDestination()
+    pool, stop, tasks, _ = await _run(db_url, destination, concurrency=16, per_destination=2, batch=20)
     try:
-        await write_bookings(db_url, *(booking(f"slow{i}", "m1") for i in range(60)))
-        await write_bookings(db_url, *(booking(f"fast{i}", "m1") for i in range(20)))
-        fast = [await asyncio.wait_for(channel.sent.get(), 10) for _ in range(20)]
+        await write_bookings(db_url, *(booking(f"slow{i}", "slow") for i in range(60)))
+        await write_bookings(db_url, *(booking(f"fast{i}", "fast") for i in range(20)))
+        fast = [await asyncio.wait_for(destination.sent.get(), 10) for _ in range(20)]
         assert all(str(e.data["id"]).startswith("fast") for e in fast)
-        channel.release_slow.set()
-        rest = [await asyncio.wait_for(channel.sent.get(), 10) for _ in range(60)]
+        destination.release_slow.set()
+        rest = [await asyncio.wait_for(destination.sent.get(), 10) for _ in range(60)]
         assert all(str(e.data["id"]).startswith("slow") for e in rest)
     finally:
-        channel.release_slow.set()
+        destination.release_slow.set()
         stop.set()
         await asyncio.gather(*tasks)
         await pool.close()
@@ -113,7 +116,9 @@ async def test_failure_streaks_are_tracked_and_long_ones_disable_the_endpoint(db
     conn = await asyncpg.connect(db_url)
     try:
         async with running(script) as receiver, running_dispatcher(db_url, schedule="0,300ms") as _d:
-            endpoint, _ = await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            endpoint, _ = await add_endpoint(
+                Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK
+            )
             await write_bookings(db_url, booking("b1", "m1"))
             await receiver.get()
             await wait_rows(db_url, lambda rows: rows and rows[0]["attempts"] == 1)
@@ -134,15 +139,11 @@ async def test_failure_streaks_are_tracked_and_long_ones_disable_the_endpoint(db
             "UPDATE relay.webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = $1",
             endpoint["id"],
         )
-        pool = await create_pool(db_url)
-        try:
-            assert await disable_failing_endpoints(pool, 5) == 1
-            assert await disable_failing_endpoints(pool, 5) == 0
-        finally:
-            await pool.close()
+        assert await disable_failing_endpoints(Store(conn), 5) == 1
+        assert await disable_failing_endpoints(Store(conn), 5) == 0
         row = await conn.fetchrow("SELECT * FROM relay.webhook_endpoints WHERE id = $1", endpoint["id"])
         assert row["enabled"] is False and "failing continuously" in row["disabled_reason"]
-        assert await enable_endpoint(conn, endpoint["id"])
+        assert await Store(conn).enable_endpoint(endpoint["id"])
         row = await conn.fetchrow("SELECT * FROM relay.webhook_endpoints WHERE id = $1", endpoint["id"])
         assert row["enabled"] is True and row["failing_since"] is None and row["disabled_reason"] is None
     finally:
@@ -165,7 +166,7 @@ async def test_recording_retries_through_dropped_connections_without_a_second_se
             running(drop_relay_connections_then_accept) as receiver,
             running_dispatcher(db_url, schedule="0,100ms,100ms") as _d,
         ):
-            await add_endpoint(killer, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await add_endpoint(Store(killer), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
             await write_bookings(db_url, booking("b1", "m1"))
             await receiver.get()
             rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "succeeded")
@@ -186,7 +187,7 @@ async def test_outcomes_are_counted_in_the_metrics(db_url: str) -> None:
     before_seconds = value("relay_delivery_seconds_count", channel="webhook")
     async with running() as receiver, running_dispatcher(db_url) as _d:
         conn = await asyncpg.connect(db_url)
-        await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+        await add_endpoint(Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
         await conn.close()
         await write_bookings(db_url, booking("b1", "m1"), booking("b2", "m1"))
         await wait_rows(db_url, lambda rows: len(rows) == 2 and all(r["state"] == "succeeded" for r in rows))
@@ -204,7 +205,7 @@ async def test_stopping_hands_in_flight_deliveries_back_without_using_an_attempt
     async with running(hangs) as receiver:
         async with running_dispatcher(db_url, grace=1.0) as _d:
             conn = await asyncpg.connect(db_url)
-            await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await add_endpoint(Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
             await conn.close()
             await write_bookings(db_url, booking("b1", "m1"))
             await receiver.get()  # the send is in flight; now stop

@@ -8,9 +8,10 @@ import contextlib
 import asyncpg
 import pytest
 
-from relay.db import TRANSIENT_ERRORS, q
+from relay.db import TRANSIENT_ERRORS
 from relay.embedded import EmbeddedPostgres
 from relay.events import decode_cursor
+from relay.store import q
 from tests.conftest import make_settings
 from tests.support import insert_booking, running
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from relay.db import migrate, migration_files, trigger_attached
+from relay.store import Store, migrate, migration_files
 from tests.conftest import BOOKING_TABLE, Cluster
 
 TRIGGER_COUNT = """
@@ -54,7 +54,7 @@ async def test_migrate_twice_applies_once_then_is_a_no_op(blank_db: str) -> None
             r["name"] for r in await conn.fetch("SELECT name FROM relay.schema_migrations ORDER BY name")
         ]
         assert names == [name for name, _ in migration_files()]
-        assert await trigger_attached(conn)
+        assert await Store(conn).trigger_attached()
         assert await conn.fetchval(TRIGGER_COUNT) == 1
     finally:
         await conn.close()
@@ -102,7 +102,7 @@ async def test_migrate_replaces_the_seed_trigger(blank_db: str) -> None:
             """
         )
         await migrate(conn)
-        assert await trigger_attached(conn)
+        assert await Store(conn).trigger_attached()
         assert await conn.fetchval(TRIGGER_COUNT) == 1
     finally:
         await conn.close()

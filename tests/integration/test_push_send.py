@@ -12,12 +12,14 @@ import asyncpg
 import httpx
 import pytest
 
-from relay.db import create_pool, q
+from relay.db import create_pool
 from relay.destinations import Delivery
 from relay.events import Event
 from relay.push.notification import topic_for
-from relay.push.sender import WebPushChannel, prune_push_subscriptions
-from relay.push.vapid import generate_key_pair
+from relay.push.sender import WebPushDestination, WebPushSender
+from relay.push.subscriptions import prune_subscriptions
+from relay.push.vapid import VapidSigner, generate_key_pair
+from relay.store import Store, q
 from tests.conftest import make_settings
 from tests.pushservice import Browser, LocalPushService, verify_vapid
 
@@ -27,7 +29,8 @@ SUBJECT = "mailto:ops@example.com"
 
 @dataclass
 class Env:
-    channel: WebPushChannel
+    destination: WebPushDestination
+    store: Store
     service: LocalPushService
     conn: asyncpg.Connection
     planned: int = 0  # position up to which deliveries were planned
@@ -56,12 +59,13 @@ class Env:
         return events
 
     async def plan(self) -> list[Delivery]:
-        """Run the channel's plan_sql over the new events; return every pending push delivery."""
+        """Plan push deliveries for the new events; return every pending push delivery."""
         last = await self.conn.fetchval(q("max_position"))
-        await self.conn.execute(WebPushChannel.plan_sql, self.planned, last)
+        await self.conn.execute(q("push_plan"), self.planned, last)
         self.planned = last
         rows = await self.conn.fetch(
-            """SELECT id, event_id, channel, target_id, merchant_id, attempts FROM relay.deliveries
+            """SELECT id, event_id, channel AS kind, target_id AS destination_id, merchant_id, attempts
+               FROM relay.deliveries
                WHERE channel = 'push' AND state = 'pending' ORDER BY id"""
         )
         return [Delivery(**dict(r)) for r in rows]
@@ -77,7 +81,9 @@ async def env(db_url: str) -> AsyncIterator[Env]:
     conn = await asyncpg.connect(db_url)
     try:
         async with httpx.AsyncClient(timeout=5) as client, LocalPushService().running() as service:
-            yield Env(WebPushChannel(settings, pool, client), service, conn)
+            sender = WebPushSender(VapidSigner.from_settings(settings), client)
+            store = Store(pool)
+            yield Env(WebPushDestination(store, sender), store, service, conn)
     finally:
         await conn.close()
         await pool.close()
@@ -99,7 +105,7 @@ async def test_push_is_encrypted_for_the_browser_and_vapid_signed_for_the_push_s
     await env.subscribe(browser)
     [event] = await env.book(CREATE, "clx9booking1", "m1")
     [delivery] = await env.plan()
-    outcome = await env.channel.send(delivery, event)
+    outcome = await env.destination.send(delivery, event)
     assert outcome.kind == "success" and outcome.status == 201
 
     got = await asyncio.wait_for(env.service.received.get(), 5)
@@ -117,7 +123,7 @@ async def test_push_is_encrypted_for_the_browser_and_vapid_signed_for_the_push_s
     assert int(got.headers["ttl"]) > 0
     assert got.headers["urgency"] == "high"
     assert got.headers["topic"] == "clx9booking1"
-    row = await env.subscription(delivery.target_id)
+    row = await env.subscription(delivery.destination_id)
     assert row["last_success_at"] is not None and row["failure_count"] == 0
 
 
@@ -129,7 +135,7 @@ async def test_update_is_normal_urgency_and_long_id_topic_is_hashed(env: Env) ->
     [event] = await env.book("""UPDATE "Booking" SET status = 'CONFIRMED' WHERE id = $1""", long_id)
     [delivery] = await env.plan()  # the channels filter left out the INSERT
     assert delivery.event_id == event.id
-    assert (await env.channel.send(delivery, event)).kind == "success"
+    assert (await env.destination.send(delivery, event)).kind == "success"
     got = await asyncio.wait_for(env.service.received.get(), 5)
     assert got.headers["urgency"] == "normal"
     assert got.headers["topic"] == topic_for(long_id) and len(got.headers["topic"]) == 32
@@ -141,7 +147,7 @@ async def test_overlong_booking_field_is_delivered_within_the_push_size_limit(en
     await env.subscribe(browser)
     [event] = await env.book(CREATE, "b" * 50_000, "m1")
     [delivery] = await env.plan()
-    assert (await env.channel.send(delivery, event)).kind == "success"
+    assert (await env.destination.send(delivery, event)).kind == "success"
     got = await asyncio.wait_for(env.service.received.get(), 5)
     assert len(got.body) <= 4096
     plaintext = browser.decrypt(got.body)
@@ -157,9 +163,9 @@ async def test_gone_subscription_is_marked_and_gets_no_further_sends(env: Env, s
     deliveries = await env.plan()
     assert len(deliveries) == 2
     env.service.answer(status, body=b"subscription expired")
-    outcome = await env.channel.send(deliveries[0], first)
+    outcome = await env.destination.send(deliveries[0], first)
     assert outcome.kind == "gone" and outcome.status == status
-    await env.channel.target_gone(deliveries[0], outcome)  # what the dispatcher does for "gone"
+    await env.destination.gone(deliveries[0], outcome)  # what the dispatcher does for "gone"
     await env.service.received.get()
 
     row = await env.subscription(sub_id)
@@ -167,7 +173,7 @@ async def test_gone_subscription_is_marked_and_gets_no_further_sends(env: Env, s
     state = await env.conn.fetchval("SELECT state FROM relay.deliveries WHERE id = $1", deliveries[1].id)
     assert state == "cancelled"
     # Even a delivery already claimed is not sent, and new events plan nothing for it.
-    assert (await env.channel.send(deliveries[1], second)).kind == "permanent"
+    assert (await env.destination.send(deliveries[1], second)).kind == "permanent"
     [third] = await env.book(CREATE, "b3", "m1")
     assert [d for d in await env.plan() if d.event_id == third.id] == []
     assert await nothing_received(env.service)
@@ -178,7 +184,7 @@ async def test_429_is_retried_no_sooner_than_retry_after(env: Env) -> None:
     [event] = await env.book(CREATE, "b1", "m1")
     [delivery] = await env.plan()
     env.service.answer(429, {"Retry-After": "2"})
-    outcome = await env.channel.send(delivery, event)
+    outcome = await env.destination.send(delivery, event)
     assert (outcome.kind, outcome.status, outcome.retry_after) == ("retry", 429, 2.0)
 
 
@@ -187,10 +193,10 @@ async def test_500_is_retried_then_succeeds(env: Env) -> None:
     [event] = await env.book(CREATE, "b1", "m1")
     [delivery] = await env.plan()
     env.service.answer(500, body=b"try later")
-    failed = await env.channel.send(delivery, event)
+    failed = await env.destination.send(delivery, event)
     assert failed.kind == "retry" and failed.status == 500 and "try later" in failed.detail
     assert (await env.subscription(sub_id))["failure_count"] == 1
-    assert (await env.channel.send(delivery, event)).kind == "success"
+    assert (await env.destination.send(delivery, event)).kind == "success"
     row = await env.subscription(sub_id)
     assert row["failure_count"] == 0 and row["last_success_at"] is not None
 
@@ -203,7 +209,7 @@ async def test_400_403_413_are_permanent_with_the_push_services_reason(
     [event] = await env.book(CREATE, "b1", "m1")
     [delivery] = await env.plan()
     env.service.answer(status, body=b'{"reason":"VapidPkHashMismatch"}')
-    outcome = await env.channel.send(delivery, event)
+    outcome = await env.destination.send(delivery, event)
     assert outcome.kind == "permanent" and outcome.status == status
     assert "VapidPkHashMismatch" in outcome.detail
     assert any("VapidPkHashMismatch" in r.getMessage() for r in caplog.records)
@@ -214,7 +220,7 @@ async def test_unreachable_push_service_is_retried(env: Env) -> None:
     await env.conn.execute("UPDATE relay.push_subscriptions SET endpoint = 'http://127.0.0.1:9/push/x'")
     [event] = await env.book(CREATE, "b1", "m1")
     [delivery] = await env.plan()
-    outcome = await env.channel.send(delivery, event)
+    outcome = await env.destination.send(delivery, event)
     assert outcome.kind == "retry" and outcome.status is None
 
 
@@ -228,7 +234,10 @@ async def test_subscription_gets_only_its_merchants_events_and_honours_its_chann
     await env.book(CREATE, "b2", "m2")
     planned = await env.plan()
     channels = {
-        (d.target_id, await env.conn.fetchval("SELECT channel FROM relay.events WHERE id = $1", d.event_id))
+        (
+            d.destination_id,
+            await env.conn.fetchval("SELECT channel FROM relay.events WHERE id = $1", d.event_id),
+        )
         for d in planned
     }
     assert channels == {
@@ -238,8 +247,8 @@ async def test_subscription_gets_only_its_merchants_events_and_honours_its_chann
         (created_only, "booking_created"),
         (theirs, "booking_created"),
     }
-    assert all(d.merchant_id == ("m2" if d.target_id == theirs else "m1") for d in planned)
-    again = await env.conn.execute(WebPushChannel.plan_sql, 0, env.planned)
+    assert all(d.merchant_id == ("m2" if d.destination_id == theirs else "m1") for d in planned)
+    again = await env.conn.execute(q("push_plan"), 0, env.planned)
     assert again == "INSERT 0 0"  # planning twice creates no duplicates
 
 
@@ -254,7 +263,7 @@ async def test_prune_deletes_gone_and_expired_subscriptions_and_cancels_their_de
     await env.conn.execute(
         "UPDATE relay.push_subscriptions SET expiration_time = now() - interval '1 s' WHERE id = $1", expiring
     )
-    assert await prune_push_subscriptions(env.channel.pool) == 2
+    assert await prune_subscriptions(env.store) == 2
     left = await env.conn.fetch("SELECT id FROM relay.push_subscriptions")
     assert [r["id"] for r in left] == [live]
     states = dict(await env.conn.fetch("SELECT target_id, state FROM relay.deliveries"))
@@ -266,6 +275,6 @@ async def test_a_corrupt_subscription_row_is_a_permanent_failure_not_a_crash(env
     await env.conn.execute("UPDATE relay.push_subscriptions SET p256dh = 'AAAA'")  # not a browser's key
     [event] = await env.book(CREATE, "b1", "m1")
     [delivery] = await env.plan()
-    outcome = await env.channel.send(delivery, event)
+    outcome = await env.destination.send(delivery, event)
     assert outcome.kind == "permanent" and "cannot encrypt" in outcome.detail
     assert await nothing_received(env.service)

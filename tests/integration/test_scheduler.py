@@ -10,12 +10,10 @@ import asyncpg
 import pytest
 
 from relay import app, metrics
-from relay.app import Relay
 from relay.config import Settings
-from relay.db import create_pool, q
-from relay.feed import Feed
-from relay.listener import Listener
+from relay.db import create_pool
 from relay.scheduler import Job, Scheduler, apply_retention, build_scheduler, refresh_queue_depths
+from relay.store import Store, q
 
 
 @pytest.fixture
@@ -95,7 +93,7 @@ async def test_retention_removes_only_old_finished_rows(pool: asyncpg.Pool, db_u
 
         unsequenced = await add_event(conn, "unsequenced", age_days=20, sequence=False)
 
-        deleted = await apply_retention(pool, 14, batch=2)  # a small batch exercises the loop
+        deleted = await apply_retention(Store(pool), 14, batch=2)  # a small batch exercises the loop
 
         events = {r["id"] for r in await conn.fetch("SELECT id FROM relay.events")}
         deliveries = {r["id"] for r in await conn.fetch("SELECT id FROM relay.deliveries")}
@@ -118,7 +116,7 @@ async def test_retention_keeps_events_a_channel_has_not_planned_yet(pool: asyncp
             "INSERT INTO relay.cursors (name, position) VALUES ('webhook', $1)", planned_position
         )
 
-        await apply_retention(pool, 14)
+        await apply_retention(Store(pool), 14)
 
         events = {r["id"] for r in await conn.fetch("SELECT id FROM relay.events")}
     finally:
@@ -142,7 +140,7 @@ async def test_queue_depths_count_pending_retrying_and_failed(pool: asyncpg.Pool
     finally:
         await conn.close()
 
-    await refresh_queue_depths(pool)
+    await refresh_queue_depths(Store(pool))
 
     def depth(channel: str, state: str) -> float | None:
         return metrics.REGISTRY.get_sample_value(
@@ -168,7 +166,7 @@ async def test_shared_job_runs_once_per_interval_across_two_schedulers(db_url: s
         return Job(name, tick, interval)
 
     pools = [await create_pool(db_url) for _ in range(2)]
-    schedulers = [Scheduler(pools[0], [make("a")]), Scheduler(pools[1], [make("b")])]
+    schedulers = [Scheduler(Store(pools[0]), [make("a")]), Scheduler(Store(pools[1]), [make("b")])]
     started = time.monotonic()
     try:
         schedulers[0].start()
@@ -211,7 +209,7 @@ async def test_shared_job_never_overlaps_itself_across_schedulers(db_url: str) -
         return Job(name, slow, 0.1)
 
     pools = [await create_pool(db_url) for _ in range(2)]
-    schedulers = [Scheduler(pools[0], [make("a")]), Scheduler(pools[1], [make("b")])]
+    schedulers = [Scheduler(Store(pools[0]), [make("a")]), Scheduler(Store(pools[1]), [make("b")])]
     try:
         for scheduler in schedulers:
             scheduler.start()
@@ -236,7 +234,7 @@ async def test_a_process_skips_a_shared_job_another_process_is_running(db_url: s
 
     job = Job(name, busy, 0.01)
     pools = [await create_pool(db_url) for _ in range(2)]
-    first, second = Scheduler(pools[0], [job]), Scheduler(pools[1], [job])
+    first, second = Scheduler(Store(pools[0]), [job]), Scheduler(Store(pools[1]), [job])
     try:
         running = asyncio.create_task(first.run_job(job))
         await asyncio.wait_for(entered.wait(), 5)
@@ -269,7 +267,7 @@ async def test_raising_job_is_logged_counted_and_runs_again(
             raise RuntimeError("boom")
 
     before = failures(name)
-    scheduler = Scheduler(pool, [Job(name, flaky, 0.2)])
+    scheduler = Scheduler(Store(pool), [Job(name, flaky, 0.2)])
     caplog.set_level(logging.ERROR, logger="relay.scheduler")
     scheduler.start()
     try:
@@ -290,7 +288,7 @@ async def test_job_failing_on_a_lost_database_is_counted_with_one_line(
     async def offline() -> None:
         raise ConnectionRefusedError("connection refused")
 
-    scheduler = Scheduler(pool, [Job(name, offline, 60, shared=False)])
+    scheduler = Scheduler(Store(pool), [Job(name, offline, 60, shared=False)])
     before = failures(name)
     caplog.set_level(logging.WARNING, logger="relay.scheduler")
     assert await scheduler.run_job(scheduler.jobs[0]) is False
@@ -310,7 +308,7 @@ async def test_local_job_runs_in_every_scheduler(pool: asyncpg.Pool) -> None:
 
         return Job(name, local, 60, shared=False)
 
-    schedulers = [Scheduler(pool, [make("a")]), Scheduler(pool, [make("b")])]
+    schedulers = [Scheduler(Store(pool), [make("a")]), Scheduler(Store(pool), [make("b")])]
     try:
         for scheduler in schedulers:
             scheduler.start()
@@ -339,26 +337,21 @@ async def test_relay_schedules_reconciliation_and_retention(settings: Settings, 
     assert jobs == {"retention", "disable_failing_endpoints"}
 
 
-async def test_channel_jobs_register_with_their_arguments(settings: Settings, pool: asyncpg.Pool) -> None:
+async def test_destination_jobs_register_with_their_arguments(settings: Settings, pool: asyncpg.Pool) -> None:
     calls: asyncio.Queue[tuple[str, tuple[object, ...]]] = asyncio.Queue()
 
-    async def disable_failing_endpoints(pool: asyncpg.Pool, days: float) -> None:
-        calls.put_nowait(("disable", (pool, days)))
+    async def disable_failing_endpoints(store: Store, days: float) -> None:
+        calls.put_nowait(("disable", (store, days)))
 
-    async def prune_push_subscriptions(pool: asyncpg.Pool) -> None:
-        calls.put_nowait(("prune", (pool,)))
+    async def prune_push_subscriptions(store: Store) -> None:
+        calls.put_nowait(("prune", (store,)))
 
     settings = settings.model_copy(update={"endpoint_disable_after_days": 3.5})
-    # A relay that is not running: no scheduler of its own competes for the shared jobs.
-    feed = Feed(pool, reconcile_interval=settings.reconcile_interval)
-    idle = Relay(
-        settings=settings,
-        pool=pool,
-        feed=feed,
-        listener=Listener(settings.listen_url, on_notify=feed.notified, on_connect=feed.wake),
-    )
+    # A scheduler that is not started: no timer of its own competes for the shared jobs.
+    store = Store(pool)
     scheduler = build_scheduler(
-        idle,
+        store,
+        settings,
         disable_failing_endpoints=disable_failing_endpoints,
         prune_push_subscriptions=prune_push_subscriptions,
     )
@@ -366,9 +359,16 @@ async def test_channel_jobs_register_with_their_arguments(settings: Settings, po
     assert await scheduler.run_job(jobs["disable_failing_endpoints"])
     assert await scheduler.run_job(jobs["prune_push_subscriptions"])
     got = [await asyncio.wait_for(calls.get(), 5) for _ in range(2)]
-    assert got == [("disable", (pool, 3.5)), ("prune", (pool,))]
+    assert got == [("disable", (store, 3.5)), ("prune", (store,))]
     assert jobs["disable_failing_endpoints"].shared and jobs["prune_push_subscriptions"].shared
-    assert not jobs["reconcile"].shared and jobs["reconcile"].interval == settings.reconcile_interval
+
+
+async def test_reconciliation_is_the_feeds_own_timer_not_a_job(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """One reconciliation timer: the feed's (RELAY_RECONCILE_INTERVAL); the scheduler has none."""
+    scheduler = build_scheduler(Store(pool), settings)
+    assert {job.name for job in scheduler.jobs} == {"retention", "queue_depths"}
 
 
 async def test_stop_cancels_a_job_that_outlives_the_grace_period(
@@ -381,7 +381,7 @@ async def test_stop_cancels_a_job_that_outlives_the_grace_period(
         entered.set()
         await asyncio.Event().wait()
 
-    scheduler = Scheduler(pool, [Job(name, stuck, 60, shared=False)], stop_grace=0.2)
+    scheduler = Scheduler(Store(pool), [Job(name, stuck, 60, shared=False)], stop_grace=0.2)
     caplog.set_level(logging.WARNING, logger="relay.scheduler")
     scheduler.start()
     await asyncio.wait_for(entered.wait(), 5)

@@ -63,7 +63,7 @@ async def test_socketio_client_gets_connected_and_only_its_merchants_bookings(
             assert await a.next() == ("connected", {"userId": "ua", "merchantId": "mA"})
             assert await b.next() == ("connected", {"userId": "ub", "merchantId": "mB"})
             # websocket clients get prebuilt frames; polling ones the same packet via their queue
-            assert [s.direct for s in relay.live.sinks("mA")] == [transports == ["websocket"]]
+            assert [s.direct for s in relay.hub.sinks("mA")] == [transports == ["websocket"]]
             await insert(db_url, ("b-b1", "mB"), ("b-a1", "mA"), ("b-a2", "mA"))
             event, data = await a.next()
             assert event == "booking_created"

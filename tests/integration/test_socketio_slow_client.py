@@ -20,7 +20,7 @@ async def test_socketio_websocket_client_that_stops_reading_is_closed_while_othe
 ) -> None:
     settings = live_settings(db_url)
     async with running(settings) as relay:
-        relay.live.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
+        relay.hub.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
         tok = token(settings, "mA")
         raw = await small_window_socket(relay)
         url = f"ws://127.0.0.1:{relay.http_port}/socket.io/?EIO=4&transport=websocket"
@@ -47,7 +47,7 @@ async def test_socketio_websocket_client_that_stops_reading_is_closed_while_othe
                 ids += [(await fast.next())[1]["id"] for _ in range(BATCH)]
             await conn.close()
             assert ids == [f"b{i}" for i in range(1, EVENTS + 1)]
-            assert relay.live.room_size("mA") == 1
+            assert relay.hub.room_size("mA") == 1
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     await asyncio.wait_for(slow.recv(), 10)

@@ -9,6 +9,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from relay import app
+from relay.store import Store
 from relay.webhooks.endpoints import add_endpoint, rotate_secret
 from tests.conftest import make_settings
 from tests.webhook_receiver import LOOPBACK, Received, booking, running, running_dispatcher, write_bookings
@@ -28,7 +29,7 @@ async def test_every_delivery_verifies_with_standardwebhooks_and_a_tampered_body
         assert relay.dispatcher is not None
         await relay.dispatcher.started.wait()
         _endpoint, secret = await add_endpoint(
-            relay.pool, merchant_id="m1", url=receiver.url(), allow=settings.egress_allow
+            relay.store, merchant_id="m1", url=receiver.url(), allow=settings.egress_allow
         )
         await write_bookings(
             db_url,
@@ -69,9 +70,9 @@ async def test_rotation_signs_with_both_secrets_until_the_old_one_expires(db_url
         assert relay.dispatcher is not None
         await relay.dispatcher.started.wait()
         endpoint, old = await add_endpoint(
-            relay.pool, merchant_id="m1", url=receiver.url(), allow=settings.egress_allow
+            relay.store, merchant_id="m1", url=receiver.url(), allow=settings.egress_allow
         )
-        new = await rotate_secret(relay.pool, endpoint["id"], overlap=1.5)
+        new = await rotate_secret(relay.store, endpoint["id"], overlap=1.5)
         assert new is not None and new != old
         await write_bookings(db_url, booking("b1", "m1"))
         during = await receiver.get()
@@ -92,10 +93,10 @@ async def test_a_merchant_endpoint_receives_only_its_merchant_and_chosen_events(
     async with running() as receiver, app.start(settings, serve_http=False) as relay:
         assert relay.dispatcher is not None
         await relay.dispatcher.started.wait()
-        await add_endpoint(relay.pool, merchant_id="A", url=receiver.url("/a"), allow=settings.egress_allow)
-        await add_endpoint(relay.pool, merchant_id="B", url=receiver.url("/b"), allow=settings.egress_allow)
+        await add_endpoint(relay.store, merchant_id="A", url=receiver.url("/a"), allow=settings.egress_allow)
+        await add_endpoint(relay.store, merchant_id="B", url=receiver.url("/b"), allow=settings.egress_allow)
         await add_endpoint(
-            relay.pool,
+            relay.store,
             merchant_id="A",
             url=receiver.url("/a-deleted"),
             events=["booking_deleted"],
@@ -125,7 +126,7 @@ async def test_events_committed_before_the_first_relay_start_are_delivered(db_ur
     conn = await asyncpg.connect(db_url)
     try:
         async with running() as receiver:
-            await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await add_endpoint(Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
             await write_bookings(db_url, booking("early1", "m1"), booking("early2", "m1"))
             async with running_dispatcher(db_url) as _dispatcher:
                 got = sorted([(await receiver.get()).json["data"]["id"] for _ in range(2)])

@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncpg
 from starlette.responses import Response
 
+from relay.store import Store
 from relay.webhooks.endpoints import add_endpoint
 from tests.webhook_receiver import LOOPBACK, Received, RelayProcess, running, wait_rows, write_bookings
 
@@ -15,7 +16,7 @@ from tests.webhook_receiver import LOOPBACK, Received, RelayProcess, running, wa
 async def _endpoint(db_url: str, url: str) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await add_endpoint(conn, merchant_id="m1", url=url, allow=LOOPBACK)
+        await add_endpoint(Store(conn), merchant_id="m1", url=url, allow=LOOPBACK)
     finally:
         await conn.close()
 

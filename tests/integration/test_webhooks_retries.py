@@ -9,6 +9,7 @@ import asyncpg
 from starlette.responses import Response
 
 from relay import app
+from relay.store import Store
 from relay.webhooks.endpoints import add_endpoint
 from tests.conftest import make_settings
 from tests.webhook_receiver import (
@@ -43,7 +44,7 @@ async def test_down_then_500_then_429_then_back_delivers_everything_on_schedule(
     async with app.start(settings, serve_http=False) as relay:
         assert relay.dispatcher is not None
         await relay.dispatcher.started.wait()
-        await add_endpoint(relay.pool, merchant_id="m1", url=receiver.url(), allow=settings.egress_allow)
+        await add_endpoint(relay.store, merchant_id="m1", url=receiver.url(), allow=settings.egress_allow)
         await write_bookings(db_url, booking("b1", "m1"), booking("b2", "m1"), booking("b3", "m1"))
         down = await wait_rows(db_url, lambda rows: len(rows) == 3 and all(r["attempts"] >= 1 for r in rows))
         assert all(r["last_status"] is None and "Connect" in (r["last_error"] or "") for r in down)
@@ -73,7 +74,7 @@ async def test_410_disables_the_endpoint_and_nothing_more_is_sent(db_url: str) -
 
     async with running(gone) as receiver, running_dispatcher(db_url) as _dispatcher:
         conn = await asyncpg.connect(db_url)
-        endpoint, _ = await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+        endpoint, _ = await add_endpoint(Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
         await write_bookings(db_url, booking("b1", "m1"))
         await receiver.get()
         rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "failed")
@@ -94,7 +95,7 @@ async def test_a_redirect_is_a_failed_attempt_and_is_not_followed(db_url: str) -
 
     async with running(redirect) as receiver, running_dispatcher(db_url, schedule="0,100ms") as _dispatcher:
         conn = await asyncpg.connect(db_url)
-        await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+        await add_endpoint(Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
         await conn.close()
         await write_bookings(db_url, booking("b1", "m1"))
         rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "failed")
@@ -117,7 +118,7 @@ async def test_a_hung_receiver_times_out_and_the_delivery_is_retried(db_url: str
     async with running(first_hangs) as receiver:
         async with running_dispatcher(db_url, send_timeout=0.5) as _dispatcher:
             conn = await asyncpg.connect(db_url)
-            await add_endpoint(conn, merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
+            await add_endpoint(Store(conn), merchant_id="m1", url=receiver.url(), allow=LOOPBACK)
             await conn.close()
             await write_bookings(db_url, booking("b1", "m1"))
             rows = await wait_rows(db_url, lambda rows: rows and rows[0]["state"] == "succeeded")

@@ -27,7 +27,7 @@ async def test_ws_client_that_stops_reading_is_closed_with_1013_while_others_kee
 ) -> None:
     settings = live_settings(db_url)
     async with running(settings) as relay:
-        relay.live.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
+        relay.hub.max_buffer = 256 * 1024  # one batch fits; a growing backlog does not
         tok = token(settings, "mA")
         raw = await small_window_socket(relay)
         async with (
@@ -50,7 +50,7 @@ async def test_ws_client_that_stops_reading_is_closed_with_1013_while_others_kee
                 ids += [(await recv(fast))["data"]["id"] for _ in range(BATCH)]
             await conn.close()
             assert ids == [f"b{i}" for i in range(1, EVENTS + 1)]
-            assert relay.live.room_size("mA") == 1  # only the fast client is left in the room
+            assert relay.hub.room_size("mA") == 1  # only the fast client is left in the room
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     await asyncio.wait_for(slow.recv(), 10)
@@ -62,8 +62,8 @@ async def test_ws_client_that_never_reads_again_is_dropped_after_the_close_grace
     settings = live_settings(db_url)
     gauge = {"transport": "ws"}
     async with running(settings) as relay:
-        relay.live.max_buffer = 100 * 1024  # above the transport high-water mark: writing is paused
-        relay.live.close_grace = 0.3
+        relay.hub.max_buffer = 100 * 1024  # above the transport high-water mark: writing is paused
+        relay.hub.close_grace = 0.3
         tok = token(settings, "mA")
         raw = await small_window_socket(relay)
         start = REGISTRY.get_sample_value("relay_ws_connections", gauge) or 0
@@ -80,4 +80,4 @@ async def test_ws_client_that_never_reads_again_is_dropped_after_the_close_grace
             async with asyncio.timeout(10):
                 while REGISTRY.get_sample_value("relay_ws_connections", gauge) != start:
                     await asyncio.sleep(0.05)
-            assert relay.live.room_size("mA") == 0
+            assert relay.hub.room_size("mA") == 0

@@ -9,7 +9,7 @@ async def test_ws_client_receives_own_merchant_events_and_never_another_merchant
     settings = live_settings(db_url)
     async with running(settings) as relay:
         async with ws_client(relay, token(settings, "mA")) as a, ws_client(relay, token(settings, "mB")) as b:
-            assert [s.direct for s in relay.live.sinks("mA")] == [True]  # frames written straight out
+            assert [s.direct for s in relay.hub.sinks("mA")] == [True]  # frames written straight out
             await insert(db_url, ("b-b1", "mB"), ("b-a1", "mA"))
             got_a = await recv(a)
             assert got_a["type"] == "event"

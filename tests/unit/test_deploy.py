@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
-from relay.app import Relay
 from relay.cli import build_parser
 from relay.config import Settings
-from relay.http import build_app
+from tests.support import http_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,19 +41,8 @@ def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def route_paths() -> set[str]:
-    # Building the routes opens nothing: a relay that was never started will do.
-    idle: Any = None
-    relay = Relay(
-        settings=Settings(database_url="postgresql://relay@localhost/relay"),
-        pool=idle,
-        feed=idle,
-        listener=idle,
-    )
-    app = build_app(relay)
-    # Unwrap the ASGI layers around the Starlette app (send capture, Socket.IO).
-    while not hasattr(app, "routes"):
-        app = getattr(app, "app", None) or app.other_asgi_app
-    return {route.path for route in app.routes if isinstance(route, Route)}
+    settings = Settings(database_url="postgresql://relay@localhost/relay")
+    return {route.path for route in http_routes(settings) if isinstance(route, Route)}
 
 
 def relay_command(command: str) -> str:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.routing import Route
 
 from relay import openapi
-from relay.app import Relay
 from relay.config import Settings
-from relay.http import build_app
+from tests.support import http_routes
 
 # Not request/response API: the calendar page and the browser scripts (WebSocket and
 # Socket.IO are not `Route`s).
@@ -19,18 +16,9 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 
 def routed() -> dict[str, set[str]]:
     """Every HTTP Route of the built app: path (with plain ``{name}`` parameters) -> methods."""
-    idle: Any = None  # building the routes opens nothing
-    relay = Relay(
-        settings=Settings(database_url="postgresql://relay@localhost/relay", jwt_secret="x" * 32),
-        pool=idle,
-        feed=idle,
-        listener=idle,
-    )
-    app: Any = build_app(relay)
-    while not hasattr(app, "routes"):
-        app = getattr(app, "app", None) or app.other_asgi_app
+    settings = Settings(database_url="postgresql://relay@localhost/relay", jwt_secret="x" * 32)
     found: dict[str, set[str]] = {}
-    for route in app.routes:
+    for route in http_routes(settings):
         if isinstance(route, Route) and route.path not in UNDOCUMENTED:
             found.setdefault(route.path_format, set()).update(m.lower() for m in route.methods or ())
     return found

@@ -11,8 +11,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from relay.events import Event
-from relay.webhooks.endpoints import EndpointError, new_secret, parse_events
-from relay.webhooks.sender import Endpoint, body_for, outcome_for, parse_retry_after, signed_headers
+from relay.webhooks.endpoints import EndpointError, parse_events
+from relay.webhooks.sender import outcome_for, parse_retry_after
+from relay.webhooks.signing import body_for, new_secret, signed_headers
 
 EVENT = Event(
     position=7,
@@ -24,15 +25,11 @@ EVENT = Event(
 )
 
 
-def _endpoint(*secrets: str) -> Endpoint:
-    return Endpoint(id=1, merchant_id="m1", url="http://x", secrets=secrets, enabled=True, failing=False)
-
-
 def test_secrets_are_whsec_and_signatures_verify_with_standardwebhooks() -> None:
     secret = new_secret()
     assert secret.startswith("whsec_")
     body = body_for(EVENT)
-    headers = signed_headers(_endpoint(secret), EVENT, body, time.time())
+    headers = signed_headers([secret], EVENT, body, time.time())
     assert headers["webhook-id"] == "evt_42"
     payload = Webhook(secret).verify(body, headers)
     assert payload == {
@@ -43,9 +40,9 @@ def test_secrets_are_whsec_and_signatures_verify_with_standardwebhooks() -> None
 
 
 def test_the_webhook_id_and_body_are_the_same_on_every_attempt() -> None:
-    endpoint = _endpoint(new_secret())
-    first = signed_headers(endpoint, EVENT, body_for(EVENT), 1000)
-    later = signed_headers(endpoint, EVENT, body_for(EVENT), 5000)
+    secrets = [new_secret()]
+    first = signed_headers(secrets, EVENT, body_for(EVENT), 1000)
+    later = signed_headers(secrets, EVENT, body_for(EVENT), 5000)
     assert first["webhook-id"] == later["webhook-id"]
     assert first["webhook-signature"] != later["webhook-signature"]  # the timestamp is signed too
 

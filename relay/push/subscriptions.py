@@ -1,0 +1,141 @@
+"""Push subscriptions: what a browser may register, and the pruning of dead ones."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relay.config import IPNetwork
+from relay.egress import EgressRefused, system_resolver, validate_url
+from relay.events import CHANNELS
+from relay.push.vapid import b64url_decode
+from relay.store import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_ENDPOINT = 2048
+MAX_EXPIRATION_MS = 253402300799000  # 9999-12-31, as PushSubscription.expirationTime (ms)
+
+
+class SubscriptionKeys(BaseModel):
+    p256dh: str
+    auth: str
+
+    @field_validator("p256dh")
+    @classmethod
+    def _p256dh(cls, value: str) -> str:
+        try:
+            raw = b64url_decode(value)
+        except ValueError:
+            raise ValueError("must be base64url") from None
+        if len(raw) != 65 or raw[0] != 4:
+            raise ValueError(f"must be a 65-byte uncompressed P-256 point (got {len(raw)} bytes)")
+        try:
+            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+        except ValueError:
+            raise ValueError("is not a point on the P-256 curve") from None
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, value: str) -> str:
+        try:
+            raw = b64url_decode(value)
+        except ValueError:
+            raise ValueError("must be base64url") from None
+        if len(raw) != 16:
+            raise ValueError(f"must be 16 bytes (got {len(raw)})")
+        return value
+
+
+class SubscriptionIn(BaseModel):
+    """A browser ``PushSubscription.toJSON()`` plus an optional ``channels`` filter."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    endpoint: Annotated[str, Field(max_length=MAX_ENDPOINT)]
+    keys: SubscriptionKeys
+    expirationTime: Annotated[float, Field(ge=0, le=MAX_EXPIRATION_MS)] | None = None
+    channels: list[str] | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials")
+        try:
+            parts.port  # noqa: B018 - raises for a malformed port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [c for c in value if c not in CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown channel {unknown[0]!r}; expected some of {', '.join(CHANNELS)}")
+        if not value:
+            raise ValueError("must name at least one channel (omit it for all)")
+        return sorted(set(value), key=CHANNELS.index)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        if self.expirationTime is None:
+            return None
+        return datetime.fromtimestamp(self.expirationTime / 1000, UTC)
+
+
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    endpoint: Annotated[str, Field(min_length=1, max_length=MAX_ENDPOINT)]
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+async def endpoint_problem(endpoint: str, allow: Sequence[IPNetwork]) -> str | None:
+    """Why the egress guard refuses an endpoint: a literal non-public address outside
+    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it."""
+    try:
+        validate_url(endpoint, allow)
+    except EgressRefused as exc:
+        return str(exc)
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return None
+    refused = "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW)"
+    try:
+        resolved = await system_resolver(parts.hostname or "", parts.port or 80)
+    except OSError:
+        return refused + "; the host does not resolve"
+    addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
+    if not addresses or not all(any(a in net for net in allow) for a in addresses):
+        return refused
+    return None
+
+
+async def prune_subscriptions(store: Store) -> int:
+    """Delete subscriptions that are gone or expired, cancelling their pending deliveries
+    (scheduler job)."""
+    count = await store.prune_subscriptions()
+    if count:
+        logger.info("pruned %d push subscriptions", count, extra={"destination": "push"})
+    return count

@@ -1,0 +1,391 @@
+"""Every query Relay runs, as named methods over the named queries of ``sql/queries.sql``.
+
+Callers say what they want (``advance``, ``claim``, ``record``, ``add_endpoint``);
+only this module knows the SQL, as procrastinate's ``manager.py`` does. A ``Store``
+runs over a pool (a relay process) or one connection (the CLI, the listener's probe)
+and never closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import NamedTuple
+
+import asyncpg
+
+from relay.destinations import Delivery
+from relay.errors import SetupError
+from relay.events import Event
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^\d{4}_.*\.sql$")
+
+
+def sql_file(name: str) -> str:
+    return resources.files("relay.sql").joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def queries(file: str = "queries.sql") -> dict[str, str]:
+    """The named queries of a file in ``sql/`` (``-- name: x`` headers)."""
+    parts = _NAME.split(sql_file(file))
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+def migration_files() -> list[tuple[str, str]]:
+    names = sorted(p.name for p in resources.files("relay.sql").iterdir() if _MIGRATION.match(p.name))
+    return [(name.removesuffix(".sql"), sql_file(name)) for name in names]
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as ``INSERT 0 12`` or ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class Attempt(NamedTuple):
+    """One recorded delivery attempt: the row's next state and what the destination answered."""
+
+    delivery_id: int
+    state: str
+    delay: float
+    status: int | None
+    error: str | None
+    ms: int | None
+
+
+@dataclass
+class JobRun:
+    """A claimed run of a shared job; set ``error`` before the claim is released if it failed."""
+
+    error: str | None = None
+
+
+class Store:
+    """Relay's queries over ``db`` (an asyncpg pool or connection, never closed here)."""
+
+    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        self._db = db
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn:
+                yield conn
+        else:
+            yield self._db
+
+    # ------------------------------------------------------------------ events
+
+    async def position(self) -> int:
+        """The last position sequenced so far."""
+        async with self._conn() as conn:
+            return int(await conn.fetchval(q("max_position")))
+
+    async def advance(self, after: int, limit: int) -> list[Event]:
+        """Sequence what has committed, then the events after position ``after``: the feed's pass."""
+        async with self._conn() as conn:
+            return [Event.from_row(r) for r in await conn.fetch(q("advance"), after, limit)]
+
+    async def sequence(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("sequence_events"))
+
+    async def oldest_position(self) -> int:
+        """The position just before the oldest retained event."""
+        async with self._conn() as conn:
+            return int(await conn.fetchval(q("oldest_position")))
+
+    async def merchant_events(self, merchant_id: str, after: int, limit: int) -> list[Event]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(q("merchant_events_after"), merchant_id, after, limit)
+        return [Event.from_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ health
+
+    async def ping(self, within: float | None = None) -> None:
+        """A round trip; TimeoutError if it takes longer than ``within`` seconds."""
+        async with self._conn() as conn:
+            await conn.fetchval(q("ping"), timeout=within)
+
+    async def notify_queue_usage(self) -> float:
+        async with self._conn() as conn:
+            return float(await conn.fetchval(q("notify_queue_usage")))
+
+    async def notify(self, channel: str, payload: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("notify"), channel, payload)
+
+    # ------------------------------------------------------------------ planning and delivery
+
+    async def create_cursors(self, kinds: Sequence[str]) -> None:
+        """A planning cursor per destination kind, at the last position sequenced so far."""
+        async with self._conn() as conn:
+            for kind in kinds:
+                await conn.execute(q("cursor_create"), kind)
+
+    async def plan(self, kinds: Sequence[str], batch: int) -> tuple[int, bool]:
+        """Insert the deliveries of up to ``batch`` events per kind and move each kind's cursor.
+
+        One transaction per kind locks its cursor row, so planning is exactly-once however
+        many processes run. Returns (deliveries planned, whether more events are waiting).
+        """
+        planned, more = 0, False
+        async with self._conn() as conn:
+            for kind in kinds:
+                async with conn.transaction():
+                    position = await conn.fetchval(q("cursor_lock"), kind)
+                    if position is None:  # removed meanwhile
+                        await conn.execute(q("cursor_create"), kind)
+                        position = await conn.fetchval(q("cursor_lock"), kind)
+                    last = int(await conn.fetchval(q("max_position")))
+                    upto = int(await conn.fetchval(q("plan_upto"), position, batch))
+                    if upto <= position:
+                        continue
+                    status = await conn.execute(q(f"{kind}_plan"), position, upto)
+                    await conn.execute(q("cursor_set"), kind, upto)
+                planned += _count(status)
+                more = more or upto < last
+        return planned, more
+
+    async def claim(
+        self, kind: str, saturated: Sequence[int], limit: int, per_destination: int, worker: str, lease: float
+    ) -> list[tuple[Delivery, Event]]:
+        """Lease up to ``limit`` due deliveries of ``kind`` (see ``deliveries_claim``)."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                q("deliveries_claim"), kind, list(saturated), limit, per_destination, worker, lease
+            )
+        claimed = []
+        for row in rows:
+            payload = row["payload"]
+            delivery = Delivery(
+                id=row["id"],
+                event_id=row["event_id"],
+                kind=row["channel"],
+                destination_id=row["target_id"],
+                merchant_id=row["merchant_id"],
+                attempts=row["attempts"],
+            )
+            event = Event(
+                position=row["event_position"],
+                id=row["event_id"],
+                channel=row["event_channel"],
+                merchant_id=row["event_merchant_id"],
+                data=json.loads(payload) if isinstance(payload, str) else payload,
+                created_at=row["created_at"],
+            )
+            claimed.append((delivery, event))
+        return claimed
+
+    async def record(
+        self, attempts: Sequence[Attempt], releases: Sequence[tuple[int, float]], worker: str
+    ) -> None:
+        """Write attempts and hand back released deliveries ((id, delay)), in one transaction."""
+        async with self._conn() as conn, conn.transaction():
+            if attempts:
+                columns = list(zip(*attempts, strict=True))
+                await conn.execute(q("deliveries_record"), *(list(c) for c in columns), worker)
+            if releases:
+                await conn.execute(
+                    q("deliveries_release"), [r[0] for r in releases], [r[1] for r in releases], worker
+                )
+
+    async def renew(self, delivery_ids: Sequence[int], worker: str, lease: float) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("deliveries_renew"), list(delivery_ids), worker, lease)
+
+    # ------------------------------------------------------------------ scheduled jobs
+
+    @contextlib.asynccontextmanager
+    async def shared_run(self, job: str, min_gap: float) -> AsyncIterator[JobRun | str]:
+        """Claim a run of a shared job, or say why not (running elsewhere, ran recently).
+
+        The claim is a transaction-scoped advisory lock held for the whole run (never left
+        behind on a pooled connection, and fine through a transaction pooler), committed
+        together with the run's outcome.
+        """
+        async with self._conn() as conn, conn.transaction():
+            if not await conn.fetchval(q("job_try_lock"), job):
+                yield "running in another process"
+                return
+            if not await conn.fetchval(q("job_claim_run"), job, min_gap):
+                yield "ran recently in another process"
+                return
+            run = JobRun()
+            yield run
+            await conn.execute(q("job_finished"), job, run.error)
+
+    async def delete_finished_deliveries(self, before: datetime, batch: int) -> int:
+        async with self._conn() as conn:
+            return _count(await conn.execute(q("retention_deliveries"), before, batch))
+
+    async def delete_delivered_events(self, before: datetime, batch: int) -> int:
+        async with self._conn() as conn:
+            return _count(await conn.execute(q("retention_events"), before, batch))
+
+    async def queue_depths(self) -> dict[tuple[str, str], int]:
+        """Deliveries waiting or given up, by (destination kind, state)."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(q("delivery_queue_depths"))
+        return {(row["channel"], row["state"]): int(row["n"]) for row in rows}
+
+    # ------------------------------------------------------------------ webhook endpoints
+
+    async def add_endpoint(
+        self, merchant_id: str, url: str, events: list[str] | None, secret: str
+    ) -> asyncpg.Record:
+        async with self._conn() as conn:
+            row: asyncpg.Record = await conn.fetchrow(q("webhook_add"), merchant_id, url, events, secret)
+        return row
+
+    async def endpoints(self, merchant_id: str | None) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            return list(await conn.fetch(q("webhook_list"), merchant_id))
+
+    async def endpoint(self, endpoint_id: int) -> asyncpg.Record | None:
+        async with self._conn() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(q("webhook_endpoint"), endpoint_id)
+        return row
+
+    async def delete_endpoint(self, endpoint_id: int, merchant_id: str) -> bool:
+        """Remove a merchant's endpoint, cancelling its pending deliveries; False if none."""
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(q("webhook_delete"), endpoint_id, merchant_id))
+
+    async def disable_endpoint(self, endpoint_id: int, reason: str) -> bool:
+        async with self._conn() as conn:
+            return await conn.fetchval(q("webhook_disable"), endpoint_id, reason) is not None
+
+    async def enable_endpoint(self, endpoint_id: int) -> bool:
+        async with self._conn() as conn:
+            return await conn.fetchval(q("webhook_enable"), endpoint_id) is not None
+
+    async def rotate_secret(self, endpoint_id: int, secret: str, overlap: float) -> bool:
+        async with self._conn() as conn:
+            return await conn.fetchval(q("webhook_rotate"), endpoint_id, secret, overlap) is not None
+
+    async def mark_failing(self, endpoint_id: int, failing: bool) -> None:
+        """Start (or end) the endpoint's failure streak."""
+        async with self._conn() as conn:
+            await conn.execute(q("webhook_failing" if failing else "webhook_recovered"), endpoint_id)
+
+    async def disable_failing_endpoints(self, days: float) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            return list(await conn.fetch(q("webhook_disable_failing"), float(days)))
+
+    async def replay(self, delivery_ids: Sequence[int] | None, endpoint_id: int | None) -> list[int]:
+        ids = list(delivery_ids) if delivery_ids else None
+        async with self._conn() as conn:
+            return [r["id"] for r in await conn.fetch(q("deliveries_replay_failed"), ids, endpoint_id)]
+
+    # ------------------------------------------------------------------ push subscriptions
+
+    async def subscription(self, subscription_id: int) -> asyncpg.Record | None:
+        async with self._conn() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(q("push_subscription"), subscription_id)
+        return row
+
+    async def upsert_subscription(
+        self,
+        merchant_id: str,
+        user_id: str,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        expires_at: datetime | None,
+        channels: list[str] | None,
+    ) -> tuple[int, bool]:
+        """Store a browser's subscription; return its id and whether it is new."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                q("push_subscription_upsert"),
+                merchant_id,
+                user_id,
+                endpoint,
+                p256dh,
+                auth,
+                expires_at,
+                channels,
+            )
+        return int(row["id"]), bool(row["created"])
+
+    async def delete_subscription(self, endpoint: str, merchant_id: str, user_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("push_subscription_delete"), endpoint, merchant_id, user_id)
+
+    async def subscription_sent(self, subscription_id: int, success: bool) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("push_subscription_sent"), subscription_id, success)
+
+    async def subscription_gone(self, subscription_id: int, delivery_id: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("push_subscription_gone"), subscription_id, delivery_id)
+
+    async def prune_subscriptions(self) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(q("push_prune")))
+
+    # ------------------------------------------------------------------ schema
+
+    async def server_version(self) -> str:
+        async with self._conn() as conn:
+            return str(await conn.fetchval(q("server_version")))
+
+    async def migrations_applied(self) -> int | None:
+        """How many migrations are applied; None when the relay schema is missing."""
+        async with self._conn() as conn:
+            if not await conn.fetchval(q("schema_present")):
+                return None
+            return int(await conn.fetchval(q("migrations_count")))
+
+    async def trigger_attached(self) -> bool:
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(q("trigger_attached")))
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations and attach the trigger; return the names applied.
+
+        Idempotent, and safe when several processes run it at once: everything happens in
+        one transaction behind an advisory lock, so a second runner waits and finds
+        nothing left to do.
+        """
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(q("migrate_lock"))
+            if not await conn.fetchval(q("booking_table_exists")):
+                raise SetupError(
+                    'table "Booking" does not exist in this database (search_path: '
+                    + str(await conn.fetchval(q("search_path")))
+                    + "); create it with your application's migrations, then run `relay migrate` again"
+                )
+            await conn.execute(q("migrations_table"))
+            done = {r["name"] for r in await conn.fetch(q("migrations_applied"))}
+            applied = []
+            for name, text in migration_files():
+                if name in done:
+                    continue
+                await conn.execute(text)
+                await conn.execute(q("migration_record"), name)
+                applied.append(name)
+                logger.info("applied migration %s", name)
+            if applied or not await conn.fetchval(q("trigger_attached")):
+                await conn.execute(sql_file("attach_trigger.sql"))
+            return applied
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """``relay migrate`` on ``conn`` (see ``Store.migrate``)."""
+    return await Store(conn).migrate()
