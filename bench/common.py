@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from relay.embedded import EmbeddedPostgres
@@ -19,13 +16,12 @@ Row = dict[str, Any]
 @contextmanager
 def server(durable: bool = True) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of the bench's own, so figures do not depend on what else runs here."""
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "pgdata", durable=durable)
-    pg.start()
+    pg = EmbeddedPostgres(durable=durable)
     try:
+        pg.start()
         yield pg
     finally:
         pg.destroy()
-        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -316,10 +316,9 @@ async def measure_target(kind: str, mode: str, dsn: str, plan: Plan) -> dict[str
 async def run_async(plan: Plan) -> list[Row]:
     raise_fd_limit()
     npm_install()
-    datadir = Path(tempfile.mkdtemp(prefix="relay-bench-live-")) / "pgdata"
-    pg = EmbeddedPostgres(datadir)
-    await asyncio.to_thread(pg.start)
+    pg = EmbeddedPostgres()
     try:
+        await asyncio.to_thread(pg.start)
         conn = await asyncpg.connect(pg.url)
         await conn.execute(BOOKING)
         await migrate(conn)
@@ -329,7 +328,6 @@ async def run_async(plan: Plan) -> list[Row]:
         seed = await measure_target("seed", "socketio", pg.url, plan)
     finally:
         await asyncio.to_thread(pg.destroy)
-        shutil.rmtree(datadir.parent, ignore_errors=True)
     return rows(plan, ws, sio, seed)
 
 

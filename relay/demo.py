@@ -9,12 +9,9 @@ import ipaddress
 import logging
 import random
 import secrets
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import uvicorn
@@ -48,15 +45,13 @@ async def demo_database(settings: Settings) -> AsyncIterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    datadir = Path(tempfile.mkdtemp(prefix="relay-demo-")) / "pgdata"
-    server = EmbeddedPostgres(datadir)
     print("starting an embedded PostgreSQL ...", flush=True)
-    await asyncio.to_thread(server.start)
+    server = await asyncio.to_thread(EmbeddedPostgres)
     try:
+        await asyncio.to_thread(server.start)
         yield server.url
     finally:
-        await asyncio.to_thread(server.stop)
-        shutil.rmtree(datadir.parent, ignore_errors=True)
+        await asyncio.to_thread(server.destroy)
 
 
 def demo_query(name: str) -> str:

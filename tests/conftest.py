@@ -8,18 +8,16 @@ PostgreSQL use ``own_server``: a server this suite started itself, always.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from relay.config import Settings
-from relay.embedded import EmbeddedPostgres
+from relay.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from relay.store import migrate
 
 BOOKING_TABLE = """
@@ -92,23 +90,35 @@ class Cluster:
         asyncio.run(go())
 
 
+@contextlib.contextmanager
+def embedded_server() -> Iterator[EmbeddedPostgres]:
+    """A throwaway server; where none can start, the run stops with the one-line reason."""
+    server: EmbeddedPostgres | None = None
+    try:
+        server = EmbeddedPostgres(durable=False)
+        server.start()
+    except EmbeddedPostgresError as exc:
+        if server is not None:
+            server.destroy()
+        pytest.exit(f"the embedded PostgreSQL cannot start: {exc}", returncode=3)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     url = os.environ.get("DATABASE_URL")
-    server = None
-    if not url:
-        server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-test-")) / "pgdata", durable=False)
-        server.start()
-        url = server.url
-    made = Cluster(url)
-    try:
-        yield made
-    finally:
-        if server is not None:
-            server.destroy()
-            shutil.rmtree(server.datadir.parent, ignore_errors=True)
-        else:
+    if url:
+        made = Cluster(url)
+        try:
+            yield made
+        finally:
             made.drop_template()
+        return
+    with embedded_server() as server:
+        yield Cluster(server.url)
 
 
 @pytest.fixture
@@ -123,14 +133,9 @@ async def db_url(cluster: Cluster) -> AsyncIterator[str]:
 @pytest.fixture
 def own_server() -> Iterator[EmbeddedPostgres]:
     """A server this test may stop, kill and restart; never the one in DATABASE_URL."""
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="relay-own-")) / "pgdata", durable=False)
-    server.start()
-    asyncio.run(_prepare_template(server.url, "relay"))
-    try:
+    with embedded_server() as server:
+        asyncio.run(_prepare_template(server.url, "relay"))
         yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(server.datadir.parent, ignore_errors=True)
 
 
 def make_settings(db_url: str, **overrides: object) -> Settings:

@@ -409,14 +409,14 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
     report = Report()
     own_dir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-chaos-"))
-    pg = EmbeddedPostgres(workdir / "pgdata", durable=False)
-    pg.start()
+    pg = EmbeddedPostgres(durable=False)
     url = pg.url
     relays: list[RelayProcess] = []
     servers: list[LocalServer] = []
     receiver = WebhookReceiver(cfg, rng)
     push = PushService(cfg, rng)
     try:
+        pg.start()
         conn = await asyncpg.connect(url)
         await conn.execute(BOOKING)
         await migrate(conn)

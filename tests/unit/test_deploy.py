@@ -116,3 +116,15 @@ def test_dockerfile_installs_the_project_with_its_sql(dockerfile: list[tuple[str
     assert "sql ./sql" in copies and "relay ./relay" in copies
     assert any(word == "RUN" and "pip install ." in args for word, args in dockerfile)
     assert ("EXPOSE", str(default_port())) in final_stage(dockerfile)
+
+
+def test_the_image_carries_no_postgresql_binaries(dockerfile: list[tuple[str, str]]) -> None:
+    """pgserver is the `embedded` extra, which the image does not install and make does."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [dep for dep in project["dependencies"] if dep.startswith("pgserver")]
+    assert [dep for dep in project["optional-dependencies"]["embedded"] if dep.startswith("pgserver")]
+    runs = [args for word, args in dockerfile if word == "RUN" and "pip install" in args]
+    installs = [run.split("pip install", 1)[1].split("&&")[0].split() for run in runs]
+    assert installs and all(words == ["."] for words in installs)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -e '.[dev,embedded]'" in makefile
