@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from relay import http, metrics
+from relay.aio import wait_any
 from relay.auth import TokenVerifier
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
@@ -94,7 +95,7 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
         ),
         *webhook_routes.routes(s.store, s.verifier, settings.egress_allow),
         *websocket.routes(s.hub, s.store, s.verifier, settings.allowed_origins),
-        *polling.routes(s.store, s.verifier),
+        *polling.routes(s.store, s.verifier, s.feed.caught_up),
         *extra_routes,
     ]
 
@@ -217,7 +218,7 @@ async def start(
 
         async with asyncio.TaskGroup() as tasks:
             loops = [
-                tasks.create_task(feed.run(stop), name="relay-feed"),
+                tasks.create_task(_after(dispatcher.started, stop, feed.run(stop)), name="relay-feed"),
                 tasks.create_task(listener.run(stop), name="relay-listener"),
                 tasks.create_task(dispatcher.plan_loop(stop), name="relay-dispatch-plan"),
                 tasks.create_task(dispatcher.deliver_loop(stop), name="relay-dispatch-deliver"),
@@ -238,6 +239,17 @@ async def start(
                 await asyncio.gather(
                     scheduler.stop(), services.gateway.disconnect_all(), _drain(loops, SHUTDOWN_GRACE)
                 )
+
+
+async def _after(ready: asyncio.Event, stop: asyncio.Event, loop: Coroutine[Any, Any, None]) -> None:
+    """Run ``loop`` once ``ready`` is set. The feed waits for the planner's cursors: they must
+    exist before the feed sequences anything, or events committed while no relay ran would
+    get positions below them and never be delivered."""
+    await wait_any(ready, stop, timeout=None)
+    if stop.is_set():
+        loop.close()
+        return
+    await loop
 
 
 async def _drain(loops: Sequence[asyncio.Task[Any]], grace: float) -> None:

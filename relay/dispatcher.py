@@ -97,10 +97,9 @@ class Dispatcher:
 
     async def plan_loop(self, stop: asyncio.Event) -> None:
         failures = FailureStreak("cannot plan deliveries")
-        sequence = True
         while not stop.is_set():
             try:
-                more = await self.plan_once(sequence=sequence)
+                more = await self.plan_once()
                 failures.reset()
                 self.started.set()
             except TRANSIENT_ERRORS as exc:
@@ -108,21 +107,18 @@ class Dispatcher:
                 continue
             if more:
                 continue
+            # The feed wakes the planner after each batch it sequenced (in any process:
+            # each process's feed reads every position); the poll is a safety net.
             await wait_any(self._plan_wake, stop, timeout=self._poll)
-            # A wake-up comes from the feed, which has just sequenced; a timeout is the
-            # periodic poll, which sequences too, in case no feed runs here.
-            sequence = not self._plan_wake.is_set()
             self._plan_wake.clear()
 
-    async def plan_once(self, *, sequence: bool = False) -> bool:
-        """Plan the next batch of positions for every kind; True if more are waiting."""
+    async def plan_once(self) -> bool:
+        """Plan the next batch of sequenced positions for every kind; True if more are waiting."""
         if not self.started.is_set():
-            # A kind's first cursor starts at the last position sequenced so far, before
-            # this process sequences anything: events committed while no relay ran are
-            # still unsequenced, so they come after it and are delivered.
+            # A kind's first cursor starts at the last position sequenced so far; the feed
+            # sequences nothing before ``started`` is set, so events committed while no
+            # relay ran come after it and are delivered.
             await self._store.create_cursors(list(self._destinations))
-        if sequence:
-            await self._store.sequence()
         planned, more = await self._store.plan(list(self._destinations), self._plan_batch)
         if planned:
             self._claim_wake.set()

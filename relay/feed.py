@@ -1,10 +1,11 @@
 """The ordered event feed: sequence committed events and hand them on in commit order.
 
-A NOTIFY only wakes the feed; what it hands on are the durable ``relay.events``
-rows, read by position (see ``relay.sequence_events``). The live path and the
-reconciliation poll are therefore the same code: a wake-up after a NOTIFY, after
-a reconnect, or every ``reconcile_interval`` seconds. Nothing committed can be
-skipped, and nothing is handed on twice by one process.
+The feed is the process's only caller of the sequencer (``relay.sequence_events``,
+through ``Store.advance``); everything else reads by position. A NOTIFY only wakes
+the feed; what it hands on are the durable ``relay.events`` rows. The live path and
+the reconciliation poll are therefore the same code: a pass after a NOTIFY, after a
+reconnect, or every ``reconcile_interval`` seconds (the one reconciliation timer).
+Nothing committed can be skipped, and nothing is handed on twice by one process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Feed:
         self.notify_grace = NOTIFY_GRACE
         self.position: int | None = None
         self.started = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
 
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
@@ -63,6 +65,14 @@ class Feed:
         """Run a reconciliation pass now (after a reconnect, or on a schedule)."""
         self._wake.set()
 
+    async def caught_up(self) -> None:
+        """Return once everything committed before this call is sequenced (and handed on),
+        so a reader paging by position sees it. Readers waiting together share one pass."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        await waiter
+
     async def run(self, stop: asyncio.Event) -> None:
         try:
             self.position = await retrying(self._store.position, what="reading the feed position", stop=stop)
@@ -73,19 +83,27 @@ class Feed:
         logger.info("feed starts after position %s", self.position)
         self.started.set()
         failures = FailureStreak("feed cannot read events")
-        while not stop.is_set():
-            await wait_any(self._wake, stop, timeout=self._interval)
-            if stop.is_set():
-                break
-            self._wake.clear()
-            try:
-                more = await self.advance()
-                failures.reset()
-            except TRANSIENT_ERRORS as exc:
-                await failures.pause(exc, stop)
-                more = True
-            if more:
-                self._wake.set()
+        waiting: list[asyncio.Future[None]] = []
+        try:
+            while not stop.is_set():
+                await wait_any(self._wake, stop, timeout=self._interval)
+                if stop.is_set():
+                    break
+                self._wake.clear()
+                waiting += self._waiters
+                self._waiters.clear()
+                try:
+                    more = await self.advance()
+                    failures.reset()
+                except TRANSIENT_ERRORS as exc:
+                    await failures.pause(exc, stop)
+                    more = True
+                if more:
+                    self._wake.set()
+                else:
+                    _release(waiting)
+        finally:
+            _release([*waiting, *self._waiters])
 
     async def advance(self) -> bool:
         """Sequence and hand on the next batch; return True when more may be waiting."""
@@ -122,3 +140,10 @@ class Feed:
             metrics.events_recovered.inc(recovered)
         if len(self._announced) >= _ANNOUNCED_LIMIT:
             self._announced.clear()
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()

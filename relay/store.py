@@ -100,10 +100,6 @@ class Store:
         async with self._conn() as conn:
             return [Event.from_row(r) for r in await conn.fetch(q("advance"), after, limit)]
 
-    async def sequence(self) -> None:
-        async with self._conn() as conn:
-            await conn.execute(q("sequence_events"))
-
     async def oldest_position(self) -> int:
         """The position just before the oldest retained event."""
         async with self._conn() as conn:

@@ -145,10 +145,12 @@ def booking(booking_id: str, merchant: str, status: str = "PENDING") -> str:
 async def running_dispatcher(
     db_url: str, *, schedule: str = "0,100ms,100ms", send_timeout: float = 15.0, **kwargs: Any
 ) -> AsyncIterator[Any]:
-    """A dispatcher with the webhook destination, without the rest of the relay (no feed)."""
+    """A dispatcher with the webhook destination and the feed that sequences its events, without
+    the rest of the relay."""
     from relay.db import create_pool
     from relay.dispatcher import Dispatcher
     from relay.egress import build_client
+    from relay.feed import Feed
     from relay.retry import RetrySchedule
     from relay.store import Store
     from relay.webhooks.sender import WebhookDestination
@@ -161,10 +163,13 @@ async def running_dispatcher(
             destination = WebhookDestination(store, client, timeout=send_timeout, stop=stop)
             kwargs.setdefault("poll_interval", 0.2)
             dispatcher = Dispatcher(store, [destination], RetrySchedule.parse(schedule), **kwargs)
+            feed = Feed(store, reconcile_interval=0.05)  # polls: no listener wakes it here
+            feed.subscribe(lambda _events: dispatcher.wake())
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(dispatcher.plan_loop(stop))
                 tasks.create_task(dispatcher.deliver_loop(stop))
                 await dispatcher.started.wait()
+                tasks.create_task(feed.run(stop))  # after the planner's cursors exist
                 try:
                     yield dispatcher
                 finally:

@@ -1,11 +1,16 @@
 """``GET /events?since=CURSOR&limit=N``: the polling fallback for pages whose socket cannot connect.
 
-Events are read by position (assigned in visibility order by ``relay.sequence_events``),
-so a cursor never skips an event that committed late. Without ``since`` the page
+Events are read by position (assigned in visibility order by the feed's sequencer), so
+a cursor never skips an event that committed late. A request first waits (briefly) for
+the feed to catch up, so it sees what committed before it. Without ``since`` the page
 starts at the oldest retained event.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,16 +23,25 @@ from relay.store import Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# Past this a request answers with what is sequenced (the feed may be waiting for the database).
+CATCH_UP_WAIT = 2.0
+
+CatchUp = Callable[[], Awaitable[None]]
 
 
-def routes(store: Store, verifier: TokenVerifier | None) -> list[BaseRoute]:
+def routes(store: Store, verifier: TokenVerifier | None, caught_up: CatchUp) -> list[BaseRoute]:
+    """``GET /events`` reading ``store`` once the feed has ``caught_up()``; 503 while
+    ``verifier`` is None (no JWT key)."""
+
     async def events(request: Request) -> Response:
-        return await list_events(store, verifier, request)
+        return await list_events(store, verifier, caught_up, request)
 
     return [Route("/events", events, methods=["GET"])]
 
 
-async def list_events(store: Store, verifier: TokenVerifier | None, request: Request) -> Response:
+async def list_events(
+    store: Store, verifier: TokenVerifier | None, caught_up: CatchUp, request: Request
+) -> Response:
     claims = authenticate(request, verifier)
     if isinstance(claims, Response):
         return claims
@@ -43,7 +57,8 @@ async def list_events(store: Store, verifier: TokenVerifier | None, request: Req
         limit = 0
     if limit < 1:
         return error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
-    await store.sequence()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(caught_up(), CATCH_UP_WAIT)
     if after is None:
         after = await store.oldest_position()
     page = await store.merchant_events(claims.merchant_id, after, limit)

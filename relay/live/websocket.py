@@ -187,7 +187,6 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
 
 async def replay(store: Store, websocket: WebSocket, sink: WsSink, after: int) -> int:
     """Send the merchant's events after ``after`` in position order; return the last position sent."""
-    await store.sequence()
     while True:
         page = await store.merchant_events(sink.merchant_id, after, REPLAY_PAGE)
         for event in page:

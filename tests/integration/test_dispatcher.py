@@ -13,6 +13,7 @@ from relay.db import create_pool
 from relay.destinations import Delivery, Outcome
 from relay.dispatcher import Dispatcher
 from relay.events import Event
+from relay.feed import Feed
 from relay.retry import RetrySchedule
 from relay.store import Store
 from relay.webhooks.endpoints import add_endpoint, disable_failing_endpoints
@@ -65,11 +66,14 @@ async def _run(
             destination.slow_endpoint = endpoint["id"]
     stop = asyncio.Event()
     dispatcher = Dispatcher(store, [destination], RetrySchedule.parse("0,100ms"), poll_interval=0.1, **kwargs)  # type: ignore[arg-type]
+    feed = Feed(store, reconcile_interval=0.05)  # polls: no listener wakes it here
+    feed.subscribe(lambda _events: dispatcher.wake())
     tasks = [
         asyncio.create_task(dispatcher.plan_loop(stop)),
         asyncio.create_task(dispatcher.deliver_loop(stop)),
     ]
     await dispatcher.started.wait()
+    tasks.append(asyncio.create_task(feed.run(stop)))  # after the planner's cursors exist
     return pool, stop, tasks, dispatcher
 
 
