@@ -31,10 +31,10 @@ import asyncpg
 
 from relay import metrics
 from relay.aio import sleep_or_stop, wait_any
-from relay.db import TRANSIENT_ERRORS, FailureStreak, backoff, retrying
+from relay.db import TRANSIENT_ERRORS
 from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
-from relay.retry import RetrySchedule
+from relay.retry import FailureStreak, RetrySchedule, handback_delay, retrying
 from relay.store import Attempt, Store
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class Dispatcher:
                     logger.warning(
                         "delivery %s not attempted: %s: %s", delivery.id, type(exc).__name__, exc, extra=log
                     )
-                    self._records.put_nowait(_Record(delivery, None, backoff(2, base=0.5, cap=5.0)))
+                    self._records.put_nowait(_Record(delivery, None, handback_delay()))
                     return
                 except Exception as exc:
                     logger.exception("%s failed on delivery %s", delivery.kind, delivery.id, extra=log)

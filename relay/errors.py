@@ -1,4 +1,5 @@
-"""One root for Relay's errors; retryable and permanent failures are distinct types."""
+"""One root for Relay's errors. Whether a delivery is retried or given up is an ``Outcome``
+kind, decided in one place per destination kind (see ``relay.destinations``)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,3 @@ class ConfigError(RelayError):
 
 class SetupError(RelayError):
     """The database is not set up for Relay."""
-
-
-class RetryableError(RelayError):
-    """A delivery attempt failed in a way that may succeed later."""
-
-    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PermanentError(RelayError):
-    """A delivery attempt failed in a way that will not succeed by retrying."""

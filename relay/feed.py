@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 
 from relay import metrics
 from relay.aio import wait_any
-from relay.db import TRANSIENT_ERRORS, FailureStreak, retrying
+from relay.db import TRANSIENT_ERRORS
 from relay.events import Event
+from relay.retry import FailureStreak, retrying
 from relay.store import Store
 
 logger = logging.getLogger(__name__)

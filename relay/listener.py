@@ -18,8 +18,9 @@ import asyncpg
 
 from relay import metrics
 from relay.aio import wait_any
-from relay.db import TRANSIENT_ERRORS, FailureStreak
+from relay.db import TRANSIENT_ERRORS
 from relay.events import CHANNELS, MalformedNotification, parse_notification
+from relay.retry import FailureStreak
 from relay.store import Store
 
 logger = logging.getLogger(__name__)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,18 +14,17 @@ import httpx
 from py_vapid import VapidException
 from pywebpush import WebPusher, WebPushException
 
-from relay.db import retrying
 from relay.destinations import Delivery, Outcome
-from relay.errors import PermanentError, RelayError
+from relay.egress import EgressRefused
 from relay.events import Event
 from relay.push.notification import render, topic_for, urgency_for
 from relay.push.vapid import VapidSigner, origin_of
+from relay.retry import parse_retry_after, retrying
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600  # seconds a push service keeps a message for an offline device
-MAX_RETRY_AFTER = 24 * 3600.0
 PER_ORIGIN = 64
 _RETRY_STATUSES = frozenset({408, 425, 429})
 
@@ -44,44 +41,6 @@ class Subscription:
     @property
     def info(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "keys": {"p256dh": self.p256dh, "auth": self.auth}}
-
-
-@dataclass
-class SendCosts:
-    """Cumulative seconds spent per part of a send, for the benchmark and for tuning."""
-
-    sends: int = 0
-    encrypt: float = 0.0
-    sign: float = 0.0
-    http: float = 0.0
-    signatures: int = 0
-
-    def per_send_ms(self) -> dict[str, float]:
-        n = max(self.sends, 1)
-        return {
-            "encrypt": 1000 * self.encrypt / n,
-            "sign": 1000 * self.sign / n,
-            "http": 1000 * self.http / n,
-        }
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or HTTP-date), capped at 24 h."""
-    if not value:
-        return None
-    value = value.strip()
-    seconds: float
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def outcome_for(response: httpx.Response) -> Outcome:
@@ -108,7 +67,6 @@ class WebPushSender:
     # Requests in flight per push service and process: enough to hide a push service's
     # round trip (64 / 50 ms = 1280/s), few enough not to flood it or the connection pool.
     per_origin: int = PER_ORIGIN
-    costs: SendCosts = field(default_factory=SendCosts)
     _gates: dict[str, asyncio.Semaphore] = field(default_factory=dict, repr=False)
 
     def _gate(self, endpoint: str) -> asyncio.Semaphore:
@@ -118,20 +76,18 @@ class WebPushSender:
             gate = self._gates[origin] = asyncio.Semaphore(self.per_origin)
         return gate
 
+    def encrypt(self, subscription: Subscription, channel: str, data: Mapping[str, Any]) -> bytes:
+        """The notification for ``subscription``, encrypted (``aes128gcm``, RFC 8291)."""
+        plaintext = render(channel, data)
+        encoded = WebPusher(subscription.info).encode(plaintext, content_encoding="aes128gcm")
+        body: bytes = encoded["body"]
+        return body
+
     def prepare(self, subscription: Subscription, channel: str, data: Mapping[str, Any]) -> httpx.Request:
         """Encrypt and sign: the request to POST to the subscription's endpoint."""
-        started = time.perf_counter()
-        plaintext = render(channel, data)
-        body = WebPusher(subscription.info).encode(plaintext, content_encoding="aes128gcm")["body"]
-        encrypted = time.perf_counter()
-        before = self.signer.signatures
-        authorization = self.signer.header_for(subscription.endpoint)
-        signed = time.perf_counter()
-        self.costs.encrypt += encrypted - started
-        self.costs.sign += signed - encrypted
-        self.costs.signatures += self.signer.signatures - before
+        body = self.encrypt(subscription, channel, data)
         headers = {
-            "Authorization": authorization,
+            "Authorization": self.signer.header_for(subscription.endpoint),
             "TTL": str(self.ttl),
             "Urgency": urgency_for(channel),
             "Content-Encoding": "aes128gcm",
@@ -151,18 +107,12 @@ class WebPushSender:
             return await self._post(request)
 
     async def _post(self, request: httpx.Request) -> Outcome:
-        started = time.perf_counter()
         try:
             response = await self.client.send(request)
-        except PermanentError as exc:
-            return Outcome("permanent", None, str(exc))
-        except RelayError as exc:  # e.g. the egress guard refused the destination: retried
-            return Outcome("retry", None, str(exc), getattr(exc, "retry_after", None))
+        except EgressRefused as exc:  # the destination resolves to a blocked address: retried
+            return Outcome("retry", None, str(exc))
         except httpx.HTTPError as exc:
             return Outcome("retry", None, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.costs.http += time.perf_counter() - started
-            self.costs.sends += 1
         return outcome_for(response)
 
 

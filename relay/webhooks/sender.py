@@ -10,16 +10,15 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
 import asyncpg
 import httpx
 
-from relay.db import retrying
 from relay.destinations import Delivery, Outcome
 from relay.egress import EgressRefused
 from relay.events import Event
+from relay.retry import parse_retry_after, retrying
 from relay.store import Store
 from relay.webhooks.signing import body_for, signed_headers
 
@@ -53,22 +52,6 @@ class Endpoint:
             enabled=row["enabled"],
             failing=row["failing_since"] is not None,
         )
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def outcome_for(status: int, headers: httpx.Headers, body: bytes) -> Outcome:

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 
 import httpx
 import respx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.push.sender import Subscription, WebPushSender, parse_retry_after
+from relay.push.sender import Subscription, WebPushSender
 from relay.push.vapid import VapidSigner, b64url_encode, public_key_bytes
 
 DATA = {"id": "b1", "merchantId": "m1", "status": "PENDING", "operation": "INSERT", "eventId": 1}
@@ -21,15 +20,6 @@ def _subscription(endpoint: str) -> Subscription:
 def _sender(client: httpx.AsyncClient, per_origin: int = 16) -> WebPushSender:
     signer = VapidSigner(ec.generate_private_key(ec.SECP256R1()), "mailto:ops@example.com")
     return WebPushSender(signer, client, per_origin=per_origin)
-
-
-def test_retry_after_accepts_seconds_and_http_dates_and_caps_at_24h() -> None:
-    assert parse_retry_after("2") == 2.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert parse_retry_after("999999999") == 24 * 3600
-    when = email.utils.formatdate(1_000_030, usegmt=True)
-    assert parse_retry_after(when, now=1_000_000) == 30.0
-    assert parse_retry_after(when, now=2_000_000) == 0.0  # in the past: no extra wait
 
 
 async def test_requests_in_flight_per_push_service_are_bounded() -> None:

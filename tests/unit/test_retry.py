@@ -1,12 +1,14 @@
-"""The retry schedule: units, jitter bounds, exhaustion and Retry-After."""
+"""The retry schedule (units, jitter bounds, exhaustion) and the one Retry-After parser."""
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 
 import pytest
 
-from relay.retry import MAX_RETRY_AFTER, RetrySchedule, parse_delay
+from relay.retry import MAX_RETRY_AFTER, RetrySchedule, parse_delay, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -46,3 +48,26 @@ def test_retry_after_raises_the_delay_but_is_capped_at_a_day() -> None:
 def test_empty_elements_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         RetrySchedule.parse(text)
+
+
+def test_retry_after_accepts_seconds_and_http_dates_and_caps_at_24h() -> None:
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("999999999") == 24 * 3600
+    when = email.utils.formatdate(1_000_030, usegmt=True)
+    assert parse_retry_after(when, now=1_000_000) == 30.0
+    assert parse_retry_after(when, now=2_000_000) == 0.0  # in the past: no extra wait
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = time.time()
+    value = email.utils.formatdate(now + 90, usegmt=True)
+    assert parse_retry_after(value, now) == pytest.approx(90, abs=1)
+    assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0
+    assert parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1\u0662", "Sun, 31 Dec 99999 23:59:59 GMT", "Mon, 32 Foo 2026"])
+def test_a_hostile_retry_after_is_ignored_not_an_error(value: str) -> None:
+    """Digits that are not ASCII, and dates no calendar holds, read as no Retry-After."""
+    assert parse_retry_after(value) is None

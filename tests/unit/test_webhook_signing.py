@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import time
 from datetime import UTC, datetime
 
@@ -12,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.events import Event
 from relay.webhooks.endpoints import EndpointError, parse_events
-from relay.webhooks.sender import outcome_for, parse_retry_after
+from relay.webhooks.sender import outcome_for
 from relay.webhooks.signing import body_for, new_secret, signed_headers
 
 EVENT = Event(
@@ -69,14 +68,6 @@ def test_receiver_answers_map_to_outcomes(
 ) -> None:
     outcome = outcome_for(status, httpx.Headers(headers), b"")
     assert (outcome.kind, outcome.status, outcome.retry_after) == (kind, status, retry_after)
-
-
-def test_retry_after_as_an_http_date() -> None:
-    now = time.time()
-    value = email.utils.formatdate(now + 90, usegmt=True)
-    assert parse_retry_after(value, now) == pytest.approx(90, abs=1)
-    assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0
-    assert parse_retry_after(None) is None
 
 
 def test_event_filters_name_known_channels_only() -> None:
