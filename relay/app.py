@@ -32,7 +32,7 @@ from relay.listener import Listener
 from relay.live import polling, websocket
 from relay.live.hub import Hub
 from relay.live.socketio import Gateway
-from relay.live.wire import CaptureSend, LiveWebSocketProtocol
+from relay.live.wire import CaptureSend, LiveWebSocketProtocol, ServerWithoutSignals
 from relay.push import routes as push_routes
 from relay.push.sender import WebPushDestination, WebPushSender
 from relay.push.subscriptions import prune_subscriptions
@@ -155,14 +155,6 @@ def log_events(events: Sequence[Event]) -> None:
         )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the relay decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
-
-
 @contextlib.asynccontextmanager
 async def start(
     settings: Settings, *, serve_http: bool = True, extra_routes: Sequence[BaseRoute] = ()
@@ -202,7 +194,7 @@ async def start(
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
 
-        server: _Server | None = None
+        server: ServerWithoutSignals | None = None
         if serve_http:
             config = uvicorn.Config(
                 http_app(services, extra_routes),
@@ -214,7 +206,7 @@ async def start(
                 ws_ping_interval=20,
                 ws_ping_timeout=20,
             )
-            server = _Server(config)
+            server = ServerWithoutSignals(config)
 
         async with asyncio.TaskGroup() as tasks:
             loops = [

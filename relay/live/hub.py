@@ -15,9 +15,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from websockets.frames import Frame, Opcode
-
 from relay.events import CHANNELS, Event
+from relay.live.wire import text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,7 @@ class Encoded:
 
     @classmethod
     def of(cls, text: str, packet: Any = None) -> Encoded:
-        frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-        return cls(text=text, frame=frame, packet=packet)
+        return cls(text=text, frame=text_frame(text), packet=packet)
 
 
 class Transport(Protocol):

@@ -19,13 +19,12 @@ import logging
 from typing import Any
 
 import socketio
-from engineio import packet as eio_packet
-from socketio import packet as sio_packet
 from starlette.types import ASGIApp
 
 from relay import metrics
 from relay.auth import AuthError, TokenVerifier
 from relay.events import Event
+from relay.live.eio import EngineSocket, end_long_polls_on_disconnect, event_packet, websocket_send
 from relay.live.hub import Encoded, Hub, Interest, Sink
 from relay.live.websocket import CLOSE_TOO_SLOW, OFF_MESSAGE
 from relay.live.wire import RawSocket
@@ -40,11 +39,8 @@ class SocketIOTransport:
     name = "socketio"
 
     def encode(self, event: Event) -> Encoded:
-        message = sio_packet.Packet(
-            sio_packet.EVENT, data=[event.channel, dict(event.data)], namespace=NAMESPACE
-        )
-        packet = eio_packet.Packet(eio_packet.MESSAGE, message.encode())
-        return Encoded.of(packet.encode(), packet)
+        text, packet = event_packet(NAMESPACE, event.channel, dict(event.data))
+        return Encoded.of(text, packet)
 
 
 TRANSPORT = SocketIOTransport()
@@ -55,10 +51,8 @@ class SioSink(Sink):
         super().__init__(hub, TRANSPORT, interest)
         self.sid = sid
         self._server = server
-        environ: dict[str, Any] = server.get_environ(sid, NAMESPACE) or {}
-        self._eio = server.eio.sockets.get(server.manager.eio_sid_from_sid(sid, NAMESPACE))
-        scope = environ.get("asgi.scope") or {}
-        self._send = environ.get("asgi.send") if scope.get("type") == "websocket" else None
+        self._eio = EngineSocket.of(server, sid, NAMESPACE)
+        self._send = websocket_send(server, sid, NAMESPACE)
         self._raw = RawSocket.of(self._send)
         if self._raw is not None:
             self._raw.limit_kernel_buffer(hub.socket_buffer)
@@ -75,7 +69,7 @@ class SioSink(Sink):
             self.hub.leave(self)
             return
         raw = self._raw
-        queued = eio.queue.qsize()
+        queued = eio.queued
         # The client's backlog in bytes, roughly: the transport's buffer and the library's queue.
         backlog = (raw.buffered if raw is not None else 0) + queued * len(encoded.frame)
         if backlog > self.hub.max_buffer or queued >= self.hub.max_pending:
@@ -83,16 +77,11 @@ class SioSink(Sink):
         elif (
             # Straight to the connection only when nothing the library queued (or holds back
             # while the transport is paused) could be overtaken: per-client order is kept.
-            raw is not None
-            and eio.upgraded
-            and not eio.upgrading
-            and not queued
-            and raw.writable
-            and raw.open
+            raw is not None and eio.on_websocket and not queued and raw.writable and raw.open
         ):
             raw.write(encoded.frame)
         else:
-            eio.queue.put_nowait(encoded.packet)
+            eio.put(encoded.packet)
 
     def overflow(self) -> None:
         send, raw = self._send, self._raw
@@ -190,17 +179,7 @@ def build_server(
     async def unsubscribe(sid: str, data: object = None) -> None:
         await change("unsubscribe", sid, data)
 
-    handle_eio_disconnect = server._handle_eio_disconnect
-
-    async def eio_disconnect(eio_sid: str, reason: object = None) -> None:
-        # A client that closes over polling leaves a long-poll GET waiting ~45 s (and
-        # shutdown waiting for it); ending its Engine.IO queue answers it at once.
-        socket = server.eio.sockets.get(eio_sid)
-        await handle_eio_disconnect(eio_sid, reason)
-        if socket is not None:
-            socket.queue.put_nowait(None)
-
-    server.eio.on("disconnect", eio_disconnect)
+    end_long_polls_on_disconnect(server)
     server.on("connect", connect, namespace=NAMESPACE)
     server.on("disconnect", disconnect, namespace=NAMESPACE)
     server.on("subscribe", subscribe, namespace=NAMESPACE)

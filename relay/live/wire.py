@@ -1,4 +1,7 @@
-"""Direct frame writes to an accepted WebSocket, for fan-out without one await per client.
+"""uvicorn's WebSocket protocol, adapted: direct frame writes to an accepted WebSocket, for
+fan-out without one await per client. The only module that touches uvicorn's (or the
+websockets library's) internals; ``tests/unit/test_library_adapters.py`` fails, naming
+the attribute, when a release changes one.
 
 uvicorn's websockets (sans-I/O) protocol writes each outgoing frame with one
 synchronous ``transport.write``; writing a prebuilt, unmasked, uncompressed text
@@ -21,14 +24,23 @@ import socket
 from collections.abc import Awaitable
 from typing import Any
 
+import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 SCOPE_KEY = "relay.raw_send"
+# What RawSocket reads of uvicorn's protocol (set in WebSocketsSansIOProtocol.__init__).
+PROTOCOL_ATTRIBUTES = ("transport", "handshake_complete", "close_sent", "disconnected", "writable", "conn")
+
+
+def text_frame(text: str) -> bytes:
+    """A complete, unmasked, uncompressed WebSocket text frame (as a server sends it)."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
 class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -59,6 +71,14 @@ class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn = ServerProtocol(
                 extensions=[deflate], max_size=config.ws_max_size, logger=logging.getLogger("uvicorn.error")
             )
+
+
+class ServerWithoutSignals(uvicorn.Server):
+    """uvicorn without its own signal handling: the relay decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
 
 
 class RawSocket:
