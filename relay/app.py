@@ -26,7 +26,7 @@ from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.destinations import Destination
 from relay.dispatcher import Dispatcher
 from relay.egress import build_client
-from relay.events import Event
+from relay.events import Event, Sources
 from relay.feed import Feed
 from relay.listener import Listener
 from relay.live import polling, websocket
@@ -71,10 +71,13 @@ def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
     signer = VapidSigner.from_settings(settings) if settings.push_enabled else None
     if signer is None:
         logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
-    hub = Hub()
+    sources = Sources()  # kept current by the listener
+    hub = Hub(sources)
     feed = Feed(store, reconcile_interval=settings.reconcile_interval)
     listener = Listener(
         settings.listen_url,
+        sources=sources,
+        load_sources=store.sources,
         on_notify=feed.notified,
         on_connect=feed.wake,
         probe_interval=settings.probe_interval,
@@ -147,7 +150,7 @@ def log_events(events: Sequence[Event]) -> None:
         return
     for event in events:
         logger.debug(
-            "event %s %s booking=%s",
+            "event %s %s id=%s",
             event.cursor,
             event.channel,
             event.data.get("id"),

@@ -51,7 +51,19 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
 
 
 def _components() -> Schema:
-    channel = {"type": "string", "enum": list(CHANNELS)}
+    # Event names of the attached sources (NAME_created, ...): which exist is the database's
+    # business (`relay sources`); a name no source has is refused with 422.
+    channel = {
+        "type": "string",
+        "pattern": "^[a-z][a-z0-9_]{0,29}_(created|updated|deleted)$",
+        "examples": list(CHANNELS),
+    }
+    event_filter = {
+        "type": "string",
+        "pattern": r"^[a-z][a-z0-9_]{0,29}_(created|updated|deleted|\*)$",
+        "description": "An event name, or NAME_* for every event of source NAME.",
+        "examples": [*CHANNELS, "booking_*"],
+    }
     timestamp = {"type": ["string", "null"], "format": "date-time"}
     schemas: dict[str, Schema] = {
         "Error": {
@@ -123,7 +135,7 @@ def _components() -> Schema:
                     },
                 },
                 "expirationTime": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_EXPIRATION_MS},
-                "channels": {"type": "array", "items": channel, "minItems": 1},
+                "channels": {"type": "array", "items": event_filter, "minItems": 1},
             },
         },
         "PushSubscriptionStored": {
@@ -131,7 +143,7 @@ def _components() -> Schema:
             "required": ["id", "channels"],
             "properties": {
                 "id": {"type": "integer"},
-                "channels": {"type": "array", "items": channel},
+                "channels": {"type": "array", "items": event_filter},
             },
         },
         "PushEndpoint": {
@@ -163,8 +175,8 @@ def _components() -> Schema:
                 "url": {"type": "string", "format": "uri", "maxLength": 2048},
                 "events": {
                     "type": ["array", "null"],
-                    "items": channel,
-                    "description": "Channels to deliver; omitted, null or empty: every channel.",
+                    "items": event_filter,
+                    "description": "Events to deliver; omitted, null or empty: every event.",
                 },
             },
         },
@@ -184,7 +196,7 @@ def _components() -> Schema:
                 "id": {"type": "integer"},
                 "merchantId": {"type": "string"},
                 "url": {"type": "string"},
-                "events": {"type": ["array", "null"], "items": channel},
+                "events": {"type": ["array", "null"], "items": event_filter},
                 "enabled": {"type": "boolean"},
                 "disabledReason": {"type": ["string", "null"]},
                 "failingSince": timestamp,
@@ -410,7 +422,8 @@ def document() -> Schema:
         "info": {
             "title": "Relay",
             "version": "0.1.0",
-            "description": 'Real-time booking notifications. Every error is JSON `{"error": "<message>"}`.',
+            "description": "Real-time notifications of row changes (bookings and every attached source). "
+            'Every error is JSON `{"error": "<message>"}`.',
         },
         "paths": _paths(),
         "components": _components(),

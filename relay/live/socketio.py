@@ -1,9 +1,11 @@
 """Socket.IO at ``/socket.io/``, namespace ``/notifications``: the seed's NestJS gateway, kept.
 
 Clients connect with ``auth: {token}`` (or ``Authorization: Bearer``), get
-``connected {userId, merchantId}``, then ``booking_created`` / ``booking_updated`` /
-``booking_deleted`` with the seed payloads; ``subscribe`` / ``unsubscribe`` follow
-the /ws tenant rule and answer ``subscribed`` / ``unsubscribed`` or ``error``.
+``connected {userId, merchantId}``, then one Socket.IO event per change, named by its
+event name (``booking_created`` / ``booking_updated`` / ``booking_deleted`` with the seed
+payloads, ``payment_created`` ... for an attached source); ``subscribe`` /
+``unsubscribe`` follow the /ws tenant rule and answer ``subscribed`` / ``unsubscribed``
+or ``error``.
 
 Fan-out: the Engine.IO packet of an event (``42/notifications,["booking_created",{...}]``)
 is built once per room. A client on the websocket transport whose Engine.IO queue
@@ -133,7 +135,7 @@ def build_server(
             claims = verifier.verify(token if isinstance(token, str) else None)
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        sink = SioSink(hub, Interest(claims.merchant_id), server, sid)
+        sink = SioSink(hub, Interest(claims.merchant_id, hub.sources), server, sid)
         sinks[sid] = sink
         hub.join(sink)
         gauge.inc()

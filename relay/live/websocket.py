@@ -149,7 +149,9 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
             await close(websocket, CLOSE_POLICY, "invalid cursor")
             return
 
-    sink = WsSink(hub, Interest(claims.merchant_id), websocket, RawSocket.of_scope(websocket.scope))
+    sink = WsSink(
+        hub, Interest(claims.merchant_id, hub.sources), websocket, RawSocket.of_scope(websocket.scope)
+    )
     hub.join(sink)  # from here every live event is held until go_live
     gauge = metrics.ws_connections.labels(transport="ws")
     gauge.inc()

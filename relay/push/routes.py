@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from relay.auth import TokenVerifier
 from relay.config import IPNetwork
 from relay.db import TRANSIENT_ERRORS
-from relay.events import CHANNELS
+from relay.events import Sources
 from relay.http_auth import MAX_BODY, authenticate, error, read_json
 from relay.push.subscriptions import EndpointIn, SubscriptionIn, endpoint_problem
 from relay.store import Store
@@ -38,6 +38,12 @@ def invalid(exc: ValidationError) -> JSONResponse:
     errors = _field_errors(exc)
     message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse({"error": message, "errors": errors}, status_code=422)
+
+
+def field_error(field: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": f"{field}: {message}", "errors": [{"field": field, "message": message}]}, status_code=422
+    )
 
 
 def routes(
@@ -84,10 +90,12 @@ def routes(
             return invalid(exc)
         problem = await endpoint_problem(sub.endpoint, egress_allow)
         if problem is not None:
-            return JSONResponse(
-                {"error": f"endpoint: {problem}", "errors": [{"field": "endpoint", "message": problem}]},
-                status_code=422,
-            )
+            return field_error("endpoint", problem)
+        known = Sources(await store.sources()).channels
+        try:
+            channels = sub.channel_filter(known)
+        except ValueError as exc:
+            return field_error("channels", str(exc))
         subscription_id, created = await store.upsert_subscription(
             claims.merchant_id,
             claims.user_id,
@@ -95,7 +103,7 @@ def routes(
             sub.keys.p256dh,
             sub.keys.auth,
             sub.expires_at,
-            sub.channels,
+            channels,
         )
         logger.info(
             "push subscription %s %s",
@@ -107,9 +115,7 @@ def routes(
                 "subscription_id": subscription_id,
             },
         )
-        return JSONResponse(
-            {"id": subscription_id, "channels": sub.channels or list(CHANNELS)}, status_code=201
-        )
+        return JSONResponse({"id": subscription_id, "channels": channels or list(known)}, status_code=201)
 
     return [
         Route("/push/vapid-public-key", vapid_public_key, methods=["GET"]),
