@@ -20,6 +20,7 @@ from relay.errors import ConfigError
 # it expires, so a push service never sees one about to lapse.
 TOKEN_LIFETIME = 12 * 3600
 REFRESH_BEFORE = 3600
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 KEY_HELP = "must be a base64url raw 32-byte P-256 private key, as printed by `relay vapid-keys`"
 
 
@@ -57,7 +58,10 @@ def parse_private_key(text: str) -> ec.EllipticCurvePrivateKey:
         raw = b64url_decode(text.strip())
         if len(raw) != 32:
             raise ValueError(f"decodes to {len(raw)} bytes, not 32")
-        return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+        scalar = int.from_bytes(raw, "big")
+        if not 0 < scalar < P256_ORDER:  # checked here: older cryptography releases reduce it
+            raise ValueError("not a P-256 private scalar (zero, or not below the curve order)")
+        return ec.derive_private_key(scalar, ec.SECP256R1())
     except ValueError as exc:
         raise ConfigError(f"invalid setting RELAY_VAPID_PRIVATE_KEY: {KEY_HELP} ({exc})") from None
 
