@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.livekit import insert, live_settings, running, token
+from tests.integration.sourcekit import TABLES, Table, event_ids, lifecycle, prepare
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
@@ -96,4 +97,31 @@ async def test_real_socketio_client_with_a_bad_token_gets_connect_error(
             name, message = await client.next()
             assert name == "connect_error"
             assert "invalid token" in message
+            break
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+async def test_real_socketio_client_receives_an_attached_sources_events_by_their_names(
+    db_url: str, node_client: Path, table: Table
+) -> None:
+    await prepare(db_url, table)
+    settings = live_settings(db_url)
+    mine, theirs = table.merchants
+    key = table.keys[0]
+    async with running(settings) as relay:
+        url = f"http://127.0.0.1:{relay.http_port}"
+        async for client in start_client(node_client, url, token(settings, mine), "websocket"):
+            async for other in start_client(node_client, url, token(settings, theirs), "websocket"):
+                for each, merchant in ((client, mine), (other, theirs)):
+                    assert await each.until("connected") == {"userId": "u1", "merchantId": merchant}
+                await lifecycle(db_url, table, key, mine)
+                ids = await event_ids(db_url, table.entity)
+                assert [await client.next() for _ in ids] == [
+                    (table.channel("created"), table.created(key, mine, ids[0])),
+                    (table.channel("updated"), table.updated(key, mine, ids[1])),
+                    (table.channel("deleted"), table.deleted(key, mine, ids[2])),
+                ]
+                with pytest.raises(TimeoutError):  # merchant B's client gets none of A's
+                    await other.next(0.5)
+                break
             break

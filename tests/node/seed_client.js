@@ -17,8 +17,8 @@ const socket = io(`${url}/notifications`, {
 socket.on("connect", () => print("connect", null));
 socket.on("disconnect", (reason) => print("disconnect", reason));
 socket.on("connect_error", (error) => print("connect_error", error.message));
-for (const name of ["connected", "booking_created", "booking_updated", "booking_deleted", "error"]) {
-  socket.on(name, (data) => print(name, data));
-}
+// Every event the server emits, by name: `connected`, `booking_created`, an attached
+// source's `payment_created`, `error`, ...
+socket.onAny((name, data) => print(name, data));
 process.stdin.on("end", () => { socket.disconnect(); process.exit(0); });
 process.stdin.resume();

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay.events import Event
+from relay.events import BOOKING_SOURCE, Event, Source, Sources
 from relay.live.hub import Encoded, Hub, Interest, Sink
 
 
@@ -93,3 +93,18 @@ def test_unsubscribing_one_channel_keeps_the_others(channel: str) -> None:
     assert interest.unsubscribe(channel) is None
     assert not interest.wants(channel)
     assert interest.wants("booking_updated")
+
+
+def test_interest_follows_the_catalog_and_leaving_one_event_keeps_sources_attached_later() -> None:
+    catalog = Sources()
+    interest = Interest("mA", catalog)
+    assert interest.subscribe("payment_created") is not None  # not attached (yet)
+    assert interest.unsubscribe("booking_updated") is None  # every event but this one
+    catalog.replace([BOOKING_SOURCE, Source("payment", "payments", "merchant_id", "id")])
+    assert interest.wants("payment_created") and not interest.wants("booking_updated")
+    assert interest.subscribe("booking_updated") is None  # back to every event
+    assert interest.wants("booking_updated") and interest.wants("payment_deleted")
+    narrow = Interest("mA", catalog)
+    assert narrow.subscribe("payment_created") is None
+    assert narrow.wants("payment_created") and not narrow.wants("payment_updated")
+    assert not narrow.wants("booking_created")
