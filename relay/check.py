@@ -53,6 +53,7 @@ async def check(settings: Settings) -> list[tuple[str, str]]:
                 if attached
                 else ("fail", 'trigger not attached to "Booking": run `relay migrate`')
             )
+            lines += await sources_lines(store)
         else:
             lines.append(("fail", "relay schema missing: run `relay migrate`"))
         lines.append(await _listen_round_trip(settings.listen_url, store))
@@ -67,6 +68,22 @@ async def check(settings: Settings) -> list[tuple[str, str]]:
                 "session connection: set RELAY_LISTEN_DATABASE_URL to the direct database URL",
             )
         )
+    return lines
+
+
+async def sources_lines(store: Store) -> list[tuple[str, str]]:
+    """The attached sources, and any whose trigger is gone (its table dropped or recreated)."""
+    lines = [
+        (
+            "fail",
+            f"source {s.entity}: the trigger on {s.table} is missing (table dropped or recreated?): "
+            f"run `relay attach` for it again, or `relay detach {s.table}`",
+        )
+        for s in await store.sources_without_trigger()
+    ]
+    attached = [s.entity for s in await store.sources() if s.entity != "booking"]
+    if attached:
+        lines.append(("ok", f"sources attached besides booking: {', '.join(attached)}"))
     return lines
 
 

@@ -342,6 +342,10 @@ class Store:
         async with self._conn() as conn:
             return [Source.from_row(r) for r in await conn.fetch(q("sources_list"))]
 
+    async def sources_without_trigger(self) -> list[Source]:
+        async with self._conn() as conn:
+            return [Source.from_row(r) for r in await conn.fetch(q("sources_without_trigger"))]
+
     async def attach_source(
         self,
         table: str,

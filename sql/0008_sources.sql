@@ -202,6 +202,9 @@ BEGIN
         RAISE EXCEPTION '% is in schema %, whose tables cannot be sources', quote_literal(p_table),
             (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = v_oid) USING ERRCODE = '22023';
     END IF;
+    -- A source whose table was dropped (or dropped and created again) is attached anew.
+    DELETE FROM relay.sources WHERE entity = p_entity
+        AND NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = table_oid);
     SELECT * INTO v_taken FROM relay.sources WHERE table_oid = v_oid AND entity <> p_entity;
     IF FOUND THEN
         RAISE EXCEPTION 'table % is already attached as %: detach it first', quote_literal(p_table),

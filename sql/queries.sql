@@ -357,6 +357,16 @@ FROM relay.detach_source($1);
 -- name: attach_booking
 SELECT relay.attach_booking();
 
+-- name: sources_without_trigger
+-- Attached sources whose trigger is gone (their table was dropped, or recreated).
+SELECT entity, table_name, tenant_column, key_column, watch, fields
+FROM relay.sources s
+WHERE entity <> 'booking' AND NOT EXISTS (
+    SELECT 1 FROM pg_trigger t
+    WHERE t.tgrelid = s.table_oid AND t.tgname = 'relay_' || s.entity || '_changes'
+)
+ORDER BY entity;
+
 -- ---------------------------------------------------------------- migrations and checks
 
 -- name: migrate_lock

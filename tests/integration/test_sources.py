@@ -307,3 +307,22 @@ async def test_migrate_registers_booking_as_a_source_and_keeps_its_seed_trigger(
         assert tuple(trigger) == ("booking_changes_trigger", "notify_booking_changes")
     finally:
         await conn.close()
+
+
+async def test_check_names_the_attached_sources_and_one_whose_table_was_recreated(db_url: str) -> None:
+    await prepare(db_url, SNAKE, PRISMA)
+    ok = relay_cli("check", database_url=db_url)
+    assert "ok   sources attached besides booking: invoice, payment" in ok.stdout.splitlines(), ok.stdout
+    await execute(db_url, ('DROP TABLE "Invoice"', ()), (PRISMA.ddl, ()))  # recreated: no trigger
+    broken = relay_cli("check", database_url=db_url)
+    assert broken.returncode == 1
+    failed = [line for line in broken.stdout.splitlines() if line.startswith("fail")]
+    assert failed == [
+        "fail source invoice: the trigger on Invoice is missing (table dropped or recreated?): "
+        "run `relay attach` for it again, or `relay detach Invoice`"
+    ]
+    again = relay_cli(
+        "attach", "Invoice", "--entity", "invoice", "--tenant-column", "merchantId", database_url=db_url
+    )  # the recreated table is attached anew under its old name
+    assert again.returncode == 0, again.stderr
+    assert relay_cli("check", database_url=db_url).returncode == 0
