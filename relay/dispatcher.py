@@ -51,7 +51,7 @@ K = TypeVar("K", bound=Hashable)
 class _Quota(Generic[K]):
     """Sends in flight per key (target, merchant or host), at most ``limit``; and the
     deliveries this process holds per key, at most ``cap`` (twice the limit, so the next
-    ones are claimed while the first are sent). A key at its cap is left out of claims."""
+    ones are claimed while the first are sent). Claims take no more than a key's room."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -61,9 +61,6 @@ class _Quota(Generic[K]):
 
     def full(self, key: K) -> bool:
         return self.held[key] >= self.cap
-
-    def saturated(self) -> list[K]:
-        return [key for key, n in self.held.items() if n >= self.cap]
 
     def slot(self, key: K) -> asyncio.Semaphore:
         slot = self._slots.get(key)
@@ -244,14 +241,14 @@ class Dispatcher:
                     rows = await conn.fetch(
                         q("deliveries_claim"),
                         name,
-                        [t for c, t in self._targets.saturated() if c == name],
                         limit - len(kept),
-                        self._targets.cap,
                         self.worker_id,
                         self._lease,
-                        self._merchants.saturated(),
+                        json.dumps({str(t): n for (c, t), n in self._targets.held.items() if c == name}),
+                        self._targets.cap,
+                        json.dumps(self._merchants.held),
                         self._merchants.cap,
-                        self._hosts.saturated(),
+                        json.dumps(self._hosts.held),
                         self._hosts.cap,
                     )
                     kept.extend(self._take(rows))
@@ -262,8 +259,8 @@ class Dispatcher:
         return kept
 
     def _take(self, rows: list[asyncpg.Record]) -> list[tuple[Delivery, Event]]:
-        """Hold the claimed rows; hand straight back those over a cap. (The claim caps each
-        key without counting what this process already holds for it.)"""
+        """Hold the claimed rows; hand straight back any over a cap (the claim already
+        stays within them, so this is only a safety net)."""
         kept: list[tuple[Delivery, Event]] = []
         for row in rows:
             delivery, event = self._parse(row)

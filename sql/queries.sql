@@ -99,39 +99,45 @@ SELECT coalesce(max(position), $1) FROM (
 UPDATE relay.cursors SET position = $2 WHERE name = $1;
 
 -- name: deliveries_claim
--- Due deliveries of one channel: at most $4 per target, $8 per merchant and $10 per
--- destination host, and none of the targets ($2), merchants ($7) or hosts ($9) already
--- saturated in this process, so one merchant's or one host's backlog cannot crowd out
--- the others. A claim is a lease: next_attempt_at moves to its end, so a delivery held by
--- a process that died becomes due again by itself. The outer conditions are re-checked on
--- the locked row version (another process may have claimed it meanwhile).
+-- Due deliveries of channel $1, at most $2, within what this process may still hold:
+-- per target $6, per merchant $8 and per destination host $10, less what it already
+-- holds ($5, $7, $9: JSON objects key -> count). So one merchant's or one host's backlog
+-- cannot crowd out the others; what is over stays unclaimed and due. A claim is a lease:
+-- next_attempt_at moves to its end, so a delivery held by a process that died becomes due
+-- again by itself. The outer conditions are re-checked on the locked row version
+-- (another process may have claimed it meanwhile).
 WITH candidates AS (
-    SELECT id, destination,
+    SELECT id, destination, target_held, merchant_held, host_held,
            row_number() OVER (PARTITION BY target_id ORDER BY next_attempt_at, id) AS by_target,
            row_number() OVER (PARTITION BY merchant_id ORDER BY next_attempt_at, id) AS by_merchant,
            row_number() OVER (PARTITION BY destination ORDER BY next_attempt_at, id) AS by_host
     FROM (
-        SELECT id, target_id, merchant_id, destination, next_attempt_at
-        FROM relay.deliveries
-        WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
-          AND target_id <> ALL ($2::bigint[])
-          AND coalesce(merchant_id, '') <> ALL ($7::text[])
-          AND (destination IS NULL OR destination <> ALL ($9::text[]))
+        SELECT *
+        FROM (
+            SELECT id, target_id, merchant_id, destination, next_attempt_at,
+                   coalesce(($5::jsonb ->> target_id::text)::int, 0) AS target_held,
+                   coalesce(($7::jsonb ->> coalesce(merchant_id, ''))::int, 0) AS merchant_held,
+                   coalesce(($9::jsonb ->> destination)::int, 0) AS host_held
+            FROM relay.deliveries
+            WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+        ) due
+        WHERE target_held < $6 AND merchant_held < $8 AND (destination IS NULL OR host_held < $10)
         ORDER BY next_attempt_at
-        LIMIT $3::int * 10
-    ) due
+        LIMIT $2::int * 10
+    ) allowed
 ), picked AS (
     SELECT d.id
     FROM relay.deliveries d JOIN candidates c ON c.id = d.id
-    WHERE c.by_target <= $4 AND c.by_merchant <= $8 AND (c.destination IS NULL OR c.by_host <= $10)
+    WHERE c.by_target <= $6 - c.target_held AND c.by_merchant <= $8 - c.merchant_held
+      AND (c.destination IS NULL OR c.by_host <= $10 - c.host_held)
       AND d.state IN ('pending', 'sending') AND d.next_attempt_at <= now()
     ORDER BY d.next_attempt_at
-    LIMIT $3
+    LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE relay.deliveries d
-SET state = 'sending', locked_by = $5, locked_until = now() + $6::float8 * interval '1 second',
-    next_attempt_at = now() + $6::float8 * interval '1 second', updated_at = now()
+SET state = 'sending', locked_by = $3, locked_until = now() + $4::float8 * interval '1 second',
+    next_attempt_at = now() + $4::float8 * interval '1 second', updated_at = now()
 FROM picked, relay.events e
 WHERE d.id = picked.id AND e.id = d.event_id
 RETURNING d.id, d.event_id, d.channel, d.target_id, d.merchant_id, d.destination, d.attempts,
