@@ -95,7 +95,9 @@ class Bench:
         async with self.conn() as conn:
             await conn.execute("DELETE FROM relay.webhook_endpoints; DELETE FROM relay.deliveries")
             for i in range(count):
-                await add_endpoint(conn, merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK)
+                await add_endpoint(
+                    conn, merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK, limit=count
+                )
 
     async def arrivals(self) -> list[tuple[str, float]]:
         async with httpx.AsyncClient() as client:

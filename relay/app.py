@@ -23,7 +23,7 @@ from relay.channels.webpush import WebPushChannel, prune_push_subscriptions
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.dispatcher import Dispatcher
-from relay.egress import build_client
+from relay.egress import Resolver, SystemResolver, build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
@@ -52,6 +52,8 @@ class Relay:
     http_port: int | None = None
     http_client: httpx.AsyncClient | None = None
     dispatcher: Dispatcher | None = None
+    # Host name lookups for outgoing requests and for the routes' checks of a destination.
+    resolver: Resolver = field(default_factory=SystemResolver)
 
     async def readiness_problems(self) -> list[str]:
         problems = []
@@ -98,9 +100,17 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def start(
-    settings: Settings, *, serve_http: bool = True, extra_routes: list[BaseRoute] | None = None
+    settings: Settings,
+    *,
+    serve_http: bool = True,
+    extra_routes: list[BaseRoute] | None = None,
+    resolver: Resolver | None = None,
 ) -> AsyncIterator[Relay]:
-    """Run a relay in the background for the duration of the ``async with`` block."""
+    """Run a relay in the background for the duration of the ``async with`` block.
+
+    ``resolver`` replaces the system's name servers (tests use it for names that do not
+    answer); every lookup is still bounded by ``RELAY_DNS_TIMEOUT``.
+    """
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.require_database_url())
         stack.push_async_callback(_close_pool, pool)
@@ -116,11 +126,19 @@ async def start(
         verifier = TokenVerifier(settings) if settings.jwt_enabled else None
         if verifier is None:
             logger.warning("token routes are off: set RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY")
-        relay = Relay(settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier)
+        if resolver is None:
+            system = SystemResolver()
+            stack.push_async_callback(system.aclose)
+            resolver = system
+        relay = Relay(
+            settings=settings, pool=pool, feed=feed, listener=listener, verifier=verifier, resolver=resolver
+        )
         feed.subscribe(relay.live.publish)  # first: live pages are the latency-critical consumer
         feed.subscribe(log_events)
         # One SSRF-guarded client for every outgoing request (webhooks, push).
-        http_client = await stack.enter_async_context(build_client(settings.egress_allow))
+        http_client = await stack.enter_async_context(
+            build_client(settings.egress_allow, resolver=resolver, dns_timeout=settings.dns_timeout)
+        )
         channels: list[Channel] = [
             WebhookChannel(pool, http_client, timeout=settings.webhook_timeout, stop=relay.stop)
         ]
@@ -131,7 +149,13 @@ async def start(
         else:
             logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
         dispatcher = Dispatcher(
-            pool, channels, settings.retry_schedule, lease=settings.delivery_lease, grace=SHUTDOWN_GRACE - 1
+            pool,
+            channels,
+            settings.retry_schedule,
+            per_merchant=settings.sends_per_merchant,
+            per_host=settings.sends_per_host,
+            lease=settings.delivery_lease,
+            grace=SHUTDOWN_GRACE - 1,
         )
         feed.subscribe(lambda _events: dispatcher.wake())
         relay.http_client = http_client

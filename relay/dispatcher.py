@@ -8,9 +8,13 @@ exactly-once however many relay processes run.
 Sending: due deliveries are claimed in batches with ``FOR UPDATE SKIP LOCKED``; a
 claim is a lease (``locked_until``, renewed while held) so deliveries held by a
 process that died are claimed again once it runs out. Concurrency is bounded
-overall and per target. Outcomes are recorded in batches, retrying through dropped
-connections; a database error before a send hands the delivery back without using
-up an attempt.
+overall, per target, per merchant and per destination host, and the claim itself
+respects the same bounds: a merchant or a host whose sends are slow (a name that does
+not resolve, a server that never answers) holds at most its share of the sender, and
+its other deliveries stay unclaimed in the table, due, for this or another process to
+take as slots free up, while every other merchant's deliveries are claimed and sent at
+once. Outcomes are recorded in batches, retrying through dropped connections; a
+database error before a send hands the delivery back without using up an attempt.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -40,6 +45,39 @@ from relay.retry import RetrySchedule
 logger = logging.getLogger(__name__)
 
 TargetKey = tuple[str, int]
+K = TypeVar("K", bound=Hashable)
+
+
+class _Quota(Generic[K]):
+    """Sends in flight per key (target, merchant or host), at most ``limit``; and the
+    deliveries this process holds per key, at most ``cap`` (twice the limit, so the next
+    ones are claimed while the first are sent). Claims take no more than a key's room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cap = limit * 2
+        self.held: Counter[K] = Counter()
+        self._slots: dict[K, asyncio.Semaphore] = {}
+
+    def full(self, key: K) -> bool:
+        return self.held[key] >= self.cap
+
+    def slot(self, key: K) -> asyncio.Semaphore:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = asyncio.Semaphore(self.limit)
+        return slot
+
+    def hold(self, key: K) -> None:
+        self.held[key] += 1
+
+    def drop(self, key: K) -> None:
+        self.held[key] -= 1
+        if self.held[key] <= 0:
+            del self.held[key]
+            slot = self._slots.get(key)
+            if slot is not None and not slot.locked():
+                del self._slots[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +101,8 @@ class Dispatcher:
         *,
         concurrency: int = 128,
         per_target: int = 8,
+        per_merchant: int = 32,
+        per_host: int = 64,
         batch: int = 200,
         plan_batch: int = 200,
         lease: float = 25.0,
@@ -73,7 +113,6 @@ class Dispatcher:
         self._channels = {c.name: c for c in channels}
         self._schedule = schedule
         self._concurrency = concurrency
-        self._per_target = per_target
         self._batch = batch
         self._plan_batch = plan_batch
         self._lease = lease
@@ -84,9 +123,10 @@ class Dispatcher:
         self._plan_wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._sending = asyncio.Semaphore(concurrency)
-        self._target_slots: dict[TargetKey, asyncio.Semaphore] = {}
+        self._targets: _Quota[TargetKey] = _Quota(min(per_target, concurrency))
+        self._merchants: _Quota[str] = _Quota(min(per_merchant, concurrency))
+        self._hosts: _Quota[str] = _Quota(min(per_host, concurrency))
         self._held: dict[int, Delivery] = {}
-        self._held_per_target: Counter[TargetKey] = Counter()
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -192,51 +232,60 @@ class Dispatcher:
                 recorder.cancel()
 
     async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
-        claimed: list[tuple[Delivery, Event]] = []
+        kept: list[tuple[Delivery, Event]] = []
         try:
             async with self._pool.acquire() as conn:
                 for name in self._channels:
-                    if len(claimed) >= limit:
+                    if len(kept) >= limit:
                         break
-                    saturated = [
-                        t for (c, t), n in self._held_per_target.items() if c == name and n >= self._cap
-                    ]
                     rows = await conn.fetch(
                         q("deliveries_claim"),
                         name,
-                        saturated,
-                        limit - len(claimed),
-                        self._cap,
+                        limit - len(kept),
                         self.worker_id,
                         self._lease,
+                        json.dumps({str(t): n for (c, t), n in self._targets.held.items() if c == name}),
+                        self._targets.cap,
+                        json.dumps(self._merchants.held),
+                        self._merchants.cap,
+                        json.dumps(self._hosts.held),
+                        self._hosts.cap,
                     )
-                    claimed.extend(self._hold(row) for row in rows)
+                    kept.extend(self._take(rows))
         except TRANSIENT_ERRORS:
-            if not claimed:
+            if not kept:
                 raise
             # What an earlier channel's claim committed is held here now: send it.
-        # The claim allows up to a cap per target, not counting what this process already
-        # holds for it: hand the excess straight back.
-        over: list[Delivery] = []
-        kept: list[tuple[Delivery, Event]] = []
-        seen: Counter[TargetKey] = Counter()
-        in_claim = Counter((d.channel, d.target_id) for d, _ in claimed)
-        for delivery, event in claimed:
-            key = (delivery.channel, delivery.target_id)
-            seen[key] += 1
-            if self._held_per_target[key] - in_claim[key] + seen[key] > self._cap:
-                over.append(delivery)
-            else:
-                kept.append((delivery, event))
-        for delivery in over:
-            self._records.put_nowait(_Record(delivery, None, 0.0))
         return kept
 
-    @property
-    def _cap(self) -> int:
-        return self._per_target * 2
+    def _take(self, rows: list[asyncpg.Record]) -> list[tuple[Delivery, Event]]:
+        """Hold the claimed rows; hand straight back any over a cap (the claim already
+        stays within them, so this is only a safety net)."""
+        kept: list[tuple[Delivery, Event]] = []
+        for row in rows:
+            delivery, event = self._parse(row)
+            quotas = self._quotas(delivery)
+            if any(quota.full(key) for quota, key in quotas):
+                self._records.put_nowait(_Record(delivery, None, 0.0))
+                continue
+            for quota, key in quotas:
+                quota.hold(key)
+            self._held[delivery.id] = delivery
+            kept.append((delivery, event))
+        return kept
 
-    def _hold(self, row: asyncpg.Record) -> tuple[Delivery, Event]:
+    def _quotas(self, delivery: Delivery) -> list[tuple[_Quota[Any], Hashable]]:
+        """The limits a delivery counts against, in the order its slots are taken."""
+        quotas: list[tuple[_Quota[Any], Hashable]] = [
+            (self._targets, (delivery.channel, delivery.target_id)),
+            (self._merchants, delivery.merchant_id or ""),
+        ]
+        if delivery.destination is not None:
+            quotas.append((self._hosts, delivery.destination))
+        return quotas
+
+    @staticmethod
+    def _parse(row: asyncpg.Record) -> tuple[Delivery, Event]:
         delivery = Delivery(
             id=row["id"],
             event_id=row["event_id"],
@@ -244,6 +293,7 @@ class Dispatcher:
             target_id=row["target_id"],
             merchant_id=row["merchant_id"],
             attempts=row["attempts"],
+            destination=row["destination"],
         )
         payload = row["payload"]
         event = Event(
@@ -254,21 +304,18 @@ class Dispatcher:
             data=json.loads(payload) if isinstance(payload, str) else payload,
             created_at=row["created_at"],
         )
-        self._held[delivery.id] = delivery
-        self._held_per_target[(delivery.channel, delivery.target_id)] += 1
         return delivery, event
-
-    def _slot(self, key: TargetKey) -> asyncio.Semaphore:
-        slot = self._target_slots.get(key)
-        if slot is None:
-            slot = self._target_slots[key] = asyncio.Semaphore(self._per_target)
-        return slot
 
     async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
         channel = self._channels[delivery.channel]
         log = {"delivery_id": delivery.id, "event_id": delivery.event_id, "channel": delivery.channel}
         try:
-            async with self._slot((delivery.channel, delivery.target_id)), self._sending:
+            async with contextlib.AsyncExitStack() as slots:
+                # Target, merchant and host slots first: a delivery waiting for one of them
+                # holds none of the sender's overall concurrency.
+                for quota, key in self._quotas(delivery):
+                    await slots.enter_async_context(quota.slot(key))
+                await slots.enter_async_context(self._sending)
                 if stop.is_set():
                     self._records.put_nowait(_Record(delivery, None, 0.0))
                     return
@@ -393,13 +440,8 @@ class Dispatcher:
         finally:
             for record in batch:
                 if self._held.pop(record.delivery.id, None) is not None:
-                    key = (record.delivery.channel, record.delivery.target_id)
-                    self._held_per_target[key] -= 1
-                    if self._held_per_target[key] <= 0:
-                        del self._held_per_target[key]
-                        slot = self._target_slots.get(key)
-                        if slot is not None and not slot.locked():
-                            del self._target_slots[key]
+                    for quota, key in self._quotas(record.delivery):
+                        quota.drop(key)
             self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:

@@ -13,7 +13,13 @@ from starlette.routing import BaseRoute, Route
 from relay.db import TRANSIENT_ERRORS
 from relay.egress import EgressRefused
 from relay.http_auth import authenticate, error, read_json
-from relay.webhooks import EndpointError, add_endpoint, delete_endpoint, list_endpoints
+from relay.webhooks import (
+    EndpointError,
+    EndpointLimitReached,
+    add_endpoint,
+    delete_endpoint,
+    list_endpoints,
+)
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -59,11 +65,14 @@ def webhook_routes(relay: Relay) -> list[BaseRoute]:
                     url=body.get("url"),  # type: ignore[arg-type]  # validated inside
                     events=body.get("events"),
                     allow=relay.settings.egress_allow,
+                    limit=relay.settings.webhook_endpoints_per_merchant,
                 )
             except EgressRefused as exc:
                 return error(422, f"url: {exc}")
             except EndpointError as exc:
                 return error(422, f"events: {exc}")
+            except EndpointLimitReached as exc:
+                return error(409, str(exc))
             return JSONResponse({**endpoint, "secret": secret}, status_code=201)
         # DELETE /webhooks with {"id"}, or DELETE /webhooks/{id}
         raw_id: Any = request.path_params.get("endpoint_id")

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from relay.config import IPNetwork, Settings
 from relay.db import TRANSIENT_ERRORS, q
-from relay.egress import EgressRefused, system_resolver, validate_url
+from relay.egress import EgressRefused, Resolver, literal_address, lookup, validate_url
 from relay.errors import ConfigError
 from relay.events import CHANNELS
 from relay.http_auth import MAX_BODY, authenticate, error, read_json
@@ -137,9 +137,12 @@ def invalid(exc: ValidationError) -> JSONResponse:
     return JSONResponse({"error": message, "errors": errors}, status_code=422)
 
 
-async def endpoint_problem(endpoint: str, allow: list[IPNetwork]) -> str | None:
+async def endpoint_problem(
+    endpoint: str, allow: list[IPNetwork], resolve: Resolver, dns_timeout: float
+) -> str | None:
     """Why the egress guard refuses an endpoint: a literal non-public address outside
-    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it."""
+    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it. A host
+    name is looked up with ``resolve``, abandoned after ``dns_timeout`` seconds."""
     try:
         validate_url(endpoint, allow)
     except EgressRefused as exc:
@@ -148,14 +151,64 @@ async def endpoint_problem(endpoint: str, allow: list[IPNetwork]) -> str | None:
     if parts.scheme == "https":
         return None
     refused = "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW)"
-    try:
-        resolved = await system_resolver(parts.hostname or "", parts.port or 80)
-    except OSError:
-        return refused + "; the host does not resolve"
-    addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
+    host = parts.hostname or ""
+    literal = literal_address(host)
+    if literal is None and (host == "localhost" or host.endswith(".localhost")):
+        literal = ipaddress.ip_address("127.0.0.1")  # RFC 6761, as validate_url
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            resolved = await lookup(resolve, host, parts.port or 80, dns_timeout)
+        except OSError:
+            return refused + "; the host does not resolve"
+        addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
     if not addresses or not all(any(a in net for net in allow) for a in addresses):
         return refused
     return None
+
+
+class LimitReached(Exception):
+    """A tenant already has as many of something as its limit allows."""
+
+
+async def store_subscription(
+    conn: asyncpg.Connection, settings: Settings, merchant_id: str, user_id: str, sub: SubscriptionIn
+) -> asyncpg.Record:
+    """Create or update the merchant's row for this endpoint, within the limits.
+
+    The row is the merchant's alone: another merchant's post of the same endpoint gets a
+    row of its own. Under the same merchant, a post by another user moves the row to that
+    user (the browser is now theirs). Live subscriptions count against
+    ``push_subscriptions_per_merchant`` and, per user, ``push_subscriptions_per_user``;
+    re-posting one already counted adds nothing. Raises :class:`LimitReached`.
+    """
+    async with conn.transaction():
+        await conn.execute(q("push_subscription_lock"), merchant_id)
+        quota = await conn.fetchrow(q("push_subscription_quota"), merchant_id, user_id, sub.endpoint)
+        per_merchant = settings.push_subscriptions_per_merchant
+        per_user = settings.push_subscriptions_per_user
+        if not quota["endpoint_live"] and quota["merchant_live"] >= per_merchant:
+            raise LimitReached(
+                f"this merchant already has {per_merchant} push subscriptions "
+                "(RELAY_PUSH_SUBSCRIPTIONS_PER_MERCHANT); remove one first"
+            )
+        if not quota["endpoint_live_for_user"] and quota["user_live"] >= per_user:
+            raise LimitReached(
+                f"this user already has {per_user} push subscriptions for this merchant "
+                "(RELAY_PUSH_SUBSCRIPTIONS_PER_USER); remove one first"
+            )
+        row: asyncpg.Record = await conn.fetchrow(
+            q("push_subscription_upsert"),
+            merchant_id,
+            user_id,
+            sub.endpoint,
+            sub.keys.p256dh,
+            sub.keys.auth,
+            sub.expires_at,
+            sub.channels,
+        )
+        return row
 
 
 def push_routes(relay: Relay) -> list[BaseRoute]:
@@ -207,23 +260,19 @@ def push_routes(relay: Relay) -> list[BaseRoute]:
             sub = SubscriptionIn.model_validate(body)
         except ValidationError as exc:
             return invalid(exc)
-        problem = await endpoint_problem(sub.endpoint, settings.egress_allow)
+        problem = await endpoint_problem(
+            sub.endpoint, settings.egress_allow, relay.resolver, settings.dns_timeout
+        )
         if problem is not None:
             return JSONResponse(
                 {"error": f"endpoint: {problem}", "errors": [{"field": "endpoint", "message": problem}]},
                 status_code=422,
             )
-        async with relay.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                q("push_subscription_upsert"),
-                claims.merchant_id,
-                claims.user_id,
-                sub.endpoint,
-                sub.keys.p256dh,
-                sub.keys.auth,
-                sub.expires_at,
-                sub.channels,
-            )
+        try:
+            async with relay.pool.acquire() as conn:
+                row = await store_subscription(conn, settings, claims.merchant_id, claims.user_id, sub)
+        except LimitReached as exc:
+            return error(409, str(exc))
         logger.info(
             "push subscription %s %s",
             row["id"],

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from relay.config import WEBHOOK_ENDPOINTS_PER_MERCHANT
 from relay.db import q
 from relay.egress import IPNetwork, validate_url
 from relay.errors import RelayError
@@ -30,6 +31,10 @@ DEFAULT_ROTATION_OVERLAP = 24 * 3600.0
 
 class EndpointError(RelayError):
     """The webhook endpoint request is not valid."""
+
+
+class EndpointLimitReached(RelayError):
+    """The merchant already has as many endpoints as it may register."""
 
 
 def new_secret() -> str:
@@ -91,14 +96,31 @@ async def add_endpoint(
     url: str,
     events: Iterable[str] | str | None = None,
     allow: Sequence[IPNetwork] = (),
+    limit: int = WEBHOOK_ENDPOINTS_PER_MERCHANT,
 ) -> tuple[dict[str, Any], str]:
-    """Register an endpoint; return it and its new secret."""
+    """Register an endpoint; return it and its new secret.
+
+    A merchant has at most ``limit`` endpoints, enabled or not (``EndpointLimitReached``
+    past it); registrations of one merchant take turns, so concurrent ones cannot pass it.
+    """
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held:
+            return await add_endpoint(
+                held, merchant_id=merchant_id, url=url, events=events, allow=allow, limit=limit
+            )
     if not isinstance(merchant_id, str) or not merchant_id:
         raise EndpointError("merchant is required")
     url = validate_url(url, allow)
     filters = parse_events(events)
     secret = new_secret()
-    row = await conn.fetchrow(q("webhook_add"), merchant_id, url, filters, secret)
+    async with conn.transaction():
+        await conn.execute(q("webhook_merchant_lock"), merchant_id)
+        if await conn.fetchval(q("webhook_count"), merchant_id) >= limit:
+            raise EndpointLimitReached(
+                f"merchant {merchant_id} already has {limit} webhook endpoints "
+                "(RELAY_WEBHOOK_ENDPOINTS_PER_MERCHANT); remove one first"
+            )
+        row = await conn.fetchrow(q("webhook_add"), merchant_id, url, filters, secret)
     logger.info("webhook endpoint %s added", row["id"], extra={"merchant_id": merchant_id})
     return public(row), secret
 

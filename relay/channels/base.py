@@ -20,6 +20,7 @@ class Delivery:
     target_id: int
     merchant_id: str | None
     attempts: int  # attempts made before this one
+    destination: str | None = None  # host[:port] of the target's URL (per-host limits)
 
 
 @dataclass(frozen=True, slots=True)

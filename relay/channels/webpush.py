@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TTL = 24 * 3600  # seconds a push service keeps a message for an offline device
 MAX_RETRY_AFTER = 24 * 3600.0
 PER_ORIGIN = 64
+SEND_TIMEOUT = 15.0  # seconds a push service has to answer, however it trickles
 _RETRY_STATUSES = frozenset({408, 425, 429})
 
 
@@ -108,6 +109,7 @@ class WebPushSender:
     # Requests in flight per push service and process: enough to hide a push service's
     # round trip (64 / 50 ms = 1280/s), few enough not to flood it or the connection pool.
     per_origin: int = PER_ORIGIN
+    timeout: float = SEND_TIMEOUT
     costs: SendCosts = field(default_factory=SendCosts)
     _gates: dict[str, asyncio.Semaphore] = field(default_factory=dict, repr=False)
 
@@ -153,7 +155,10 @@ class WebPushSender:
     async def _post(self, request: httpx.Request) -> Outcome:
         started = time.perf_counter()
         try:
-            response = await self.client.send(request)
+            async with asyncio.timeout(self.timeout):
+                response = await self.client.send(request)
+        except TimeoutError:
+            return Outcome("retry", None, f"push service did not answer within {self.timeout:g} s")
         except PermanentError as exc:
             return Outcome("permanent", None, str(exc))
         except RelayError as exc:  # e.g. the egress guard refused the destination: retried
