@@ -12,6 +12,7 @@ from relay.errors import ConfigError
 from relay.retry import DEFAULT_SCHEDULE, RetrySchedule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+WEBHOOK_ENDPOINTS_PER_MERCHANT = 50
 
 
 def _split(value: object) -> object:
@@ -51,6 +52,16 @@ class Settings(BaseSettings):
     # that dies holding deliveries loses them to the others after at most this long.
     delivery_lease: float = Field(default=25.0, gt=0, le=30.0)
     webhook_timeout: float = Field(default=15.0, gt=0)
+    # Fairness between tenants: how many of the sender's concurrent sends one merchant, and
+    # one destination host, may hold; and how long a DNS lookup may take before the send
+    # counts as a failed attempt.
+    sends_per_merchant: int = Field(default=32, ge=1)
+    sends_per_host: int = Field(default=64, ge=1)
+    dns_timeout: float = Field(default=2.0, gt=0, le=30.0)
+    # What one tenant may register (refused with 409 past the limit).
+    push_subscriptions_per_user: int = Field(default=20, ge=1)
+    push_subscriptions_per_merchant: int = Field(default=1000, ge=1)
+    webhook_endpoints_per_merchant: int = Field(default=WEBHOOK_ENDPOINTS_PER_MERCHANT, ge=1)
 
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_split)
 

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     url=args.url,
                     events=args.events,
                     allow=settings.egress_allow,
+                    limit=settings.webhook_endpoints_per_merchant,
                 )
             except EgressRefused as exc:
                 raise RelayError(f"--url: {exc}") from None
