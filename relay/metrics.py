@@ -8,7 +8,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 events_received = Counter(
     "relay_events_received_total",
-    "NOTIFY messages received on the booking channels",
+    "NOTIFY messages received on the event channels of the sources (booking_created, ...)",
     ["channel"],
     registry=REGISTRY,
 )
