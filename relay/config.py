@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # that dies holding deliveries loses them to the others after at most this long.
     delivery_lease: float = Field(default=25.0, gt=0, le=30.0)
     webhook_timeout: float = Field(default=15.0, gt=0)
+    # Seconds a Socket.IO connection has to connect /notifications with a valid token.
+    auth_timeout: float = Field(default=5.0, gt=0)
 
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_split)
 
