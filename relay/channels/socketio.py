@@ -311,8 +311,9 @@ class Gateway:
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
-        await socket.close(wait=False, abort=False)  # a CLOSE packet for a client that listens
-        socket.queue.put_nowait(None)  # ends a waiting long-poll and the WebSocket writer
+        await socket.send(eio_packet.Packet(eio_packet.CLOSE))  # for a client that listens
+        await socket.close(wait=False, abort=True)  # the disconnect handlers; eio_disconnect
+        # then ends the queue, which answers a waiting long-poll and stops the WebSocket writer
 
     def refuse(self, reason: str, scope: Scope, detail: str) -> None:
         metrics.live_refused.labels(transport="socketio", reason=reason).inc()
