@@ -152,9 +152,11 @@ async def test_a_session_without_a_valid_connect_is_closed_after_the_auth_timeou
     settings = quick_auth(db_url)
     before = refused("auth_timeout")
     async with running(settings) as relay:
-        async with connect(eio_url(relay)) as silent, connect(eio_url(relay)) as forged, connect(
-            eio_url(relay)
-        ) as good:
+        async with (
+            connect(eio_url(relay)) as silent,
+            connect(eio_url(relay)) as forged,
+            connect(eio_url(relay)) as good,
+        ):
             for ws in (silent, forged, good):
                 await ws.recv()
             await forged.send('40/notifications,{"token":"not.a.jwt"}')

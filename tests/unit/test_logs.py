@@ -108,7 +108,10 @@ JWT = (
         (f'Received packet MESSAGE data 0/notifications,{{"token": "{JWT}", "pid": "p1"}}', '"pid": "p1"'),
         (f"a token {JWT} in a message", "a token [redacted] in a message"),
         ("Authorization: Bearer not-a-jwt.but-secret", "Authorization: Bearer [redacted]"),
-        ("could not connect to postgresql://relay:pa55@db:5432/relay", "postgresql://relay:[redacted]@db:5432"),
+        (
+            "could not connect to postgresql://relay:pa55@db:5432/relay",
+            "postgresql://relay:[redacted]@db:5432",
+        ),
         ("secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "secret=[redacted]"),
         ("oauth=stays", "oauth=stays"),
     ],
