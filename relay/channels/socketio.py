@@ -360,23 +360,18 @@ class Gateway:
     async def post(self, scope: Scope, receive: Receive, send: Send, eio_sid: str | None) -> None:
         """A long-polling POST: bounded, checked, then handed to engineio."""
         limit = MAX_MESSAGE if self.authenticated(eio_sid) else UNAUTHENTICATED_MAX_MESSAGE
-        headers = dict(scope.get("headers", []))
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit():
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and not declared.isdigit():
             await error(400, "invalid Content-Length")(scope, receive, send)
             return
-        if int(length) > limit:
-            self.refuse("too_large", scope, f"a {int(length)}-byte POST")
+        too_large = declared is not None and int(declared) > limit
+        body = b"" if too_large else await read_body(receive, limit)
+        if body is None:
+            return  # the client went away
+        if too_large or len(body) > limit:
+            self.refuse("too_large", scope, f"a POST over {limit} bytes")
             await error(413, f"request body over {limit} bytes")(scope, receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         problem = payload_problem(body)
         if problem is not None:
             self.refuse("malformed", scope, problem)
@@ -393,7 +388,23 @@ class Gateway:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        # engineio reads as many bytes as Content-Length says (none for a chunked body)
+        framing = (b"content-length", b"transfer-encoding")
+        headers = [(k, v) for k, v in scope.get("headers", []) if k not in framing]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, read no further than past ``limit`` bytes; None if the client left."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += bytes(message.get("body", b""))
+        if len(body) > limit or not message.get("more_body"):
+            return body
 
 
 def mount(relay: Relay, app: ASGIApp) -> ASGIApp:

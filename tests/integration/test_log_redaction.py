@@ -17,17 +17,25 @@ from tests.integration.livekit import live_settings, running, token
 from tests.webhook_receiver import booking, write_bookings
 from tests.webhook_receiver import running as receiving
 
-LIBRARIES = ("uvicorn", "uvicorn.access", "engineio", "socketio", "httpx", "httpcore", "websockets")
+# Another uvicorn.Config in the suite (log_level=..., its default log_config) leaves levels,
+# handlers and propagate=False on these; Relay's own server configures none of them.
+LIBRARIES = (
+    *("uvicorn", "uvicorn.error", "uvicorn.access", "engineio", "engineio.server", "socketio"),
+    *("socketio.server", "httpx", "httpcore", "websockets"),
+)
 
 
 @pytest.fixture
 def debug_log(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
     """Relay's own logging set-up, in the format asked for, with everything at DEBUG."""
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, {name: logging.getLogger(name).level for name in LIBRARIES}
+    loggers = [logging.getLogger(name) for name in LIBRARIES]
+    saved = root.handlers[:], root.level, [(lg.level, lg.propagate, lg.handlers[:]) for lg in loggers]
     logs.setup(request.param, level=logging.DEBUG)
-    for name in LIBRARIES:
-        logging.getLogger(name).setLevel(logging.DEBUG)
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = True
+        logger.handlers[:] = []
     stream = io.StringIO()
     handler = root.handlers[0]
     assert isinstance(handler, logging.StreamHandler)
@@ -36,8 +44,10 @@ def debug_log(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
         yield stream
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
-        for name, level in saved[2].items():
-            logging.getLogger(name).setLevel(level)
+        for logger, (level, propagate, handlers) in zip(loggers, saved[2], strict=True):
+            logger.setLevel(level)
+            logger.propagate = propagate
+            logger.handlers[:] = handlers
 
 
 @pytest.mark.parametrize("debug_log", ["text", "json"], indirect=True)
