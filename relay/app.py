@@ -15,7 +15,7 @@ import httpx
 import uvicorn
 from starlette.routing import BaseRoute
 
-from relay import metrics
+from relay import logs, metrics
 from relay.auth import TokenVerifier
 from relay.channels.base import Channel
 from relay.channels.webhook import WebhookChannel
@@ -27,7 +27,7 @@ from relay.egress import Resolver, SystemResolver, build_client
 from relay.events import Event
 from relay.feed import Feed
 from relay.listener import Listener
-from relay.live import Hub
+from relay.live import UNAUTHENTICATED_MAX_MESSAGE, Hub
 from relay.scheduler import build_scheduler
 from relay.webhooks import disable_failing_endpoints
 from relay.wire import LiveWebSocketProtocol
@@ -172,6 +172,7 @@ async def start(
         if serve_http:
             from relay.http import build_app
 
+            logs.guard_library_loggers()  # uvicorn logs every handshake with its query string
             config = uvicorn.Config(
                 build_app(relay, extra_routes),
                 host=settings.http_host,
@@ -179,6 +180,9 @@ async def start(
                 log_config=None,
                 lifespan="off",
                 ws=LiveWebSocketProtocol,
+                # Every WebSocket starts with the smallest limit; routes raise it once the
+                # client has authenticated (Socket.IO) or lower it (/ws).
+                ws_max_size=UNAUTHENTICATED_MAX_MESSAGE,
                 ws_ping_interval=20,
                 ws_ping_timeout=20,
             )

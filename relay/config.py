@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     push_subscriptions_per_user: int = Field(default=20, ge=1)
     push_subscriptions_per_merchant: int = Field(default=1000, ge=1)
     webhook_endpoints_per_merchant: int = Field(default=WEBHOOK_ENDPOINTS_PER_MERCHANT, ge=1)
+    # Seconds a Socket.IO connection has to connect /notifications with a valid token.
+    auth_timeout: float = Field(default=5.0, gt=0)
 
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_split)
 

@@ -132,6 +132,9 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
         await websocket.send_denial_response(error(503, OFF_MESSAGE))
         return
     token = websocket.query_params.get("token") or bearer_token(websocket)
+    raw = RawSocket.of_scope(websocket.scope)
+    if raw is not None:
+        raw.limit_messages(MAX_MESSAGE)  # the server refuses bigger ones before inflating them
     await websocket.accept()
     try:
         claims = relay.verifier.verify(token)
@@ -148,7 +151,7 @@ async def serve(relay: Relay, websocket: WebSocket) -> None:
             await close(websocket, CLOSE_POLICY, "invalid cursor")
             return
 
-    sink = WsSink(hub, Interest(claims.merchant_id), websocket, RawSocket.of_scope(websocket.scope))
+    sink = WsSink(hub, Interest(claims.merchant_id), websocket, raw)
     hub.join(sink)  # from here every live event is held until go_live
     gauge = metrics.ws_connections.labels(transport="ws")
     gauge.inc()
