@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.errors import ConfigError
+from relay.pooler import PoolerSetting
 from relay.retry import DEFAULT_SCHEDULE, RetrySchedule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -27,6 +28,8 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     listen_database_url: str | None = None
+    # Whether DATABASE_URL goes through a transaction pooler (see relay/pooler.py).
+    database_pooler: PoolerSetting = "auto"
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     jwt_secret: str | None = None

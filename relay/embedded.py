@@ -41,7 +41,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _system_user() -> str | None:
+def system_user() -> str | None:
+    """The unprivileged account to run servers as when started by root (created if missing);
+    None when not root. PostgreSQL and PgBouncer both refuse to run as root."""
     if os.geteuid() != 0:
         return None
     try:
@@ -63,7 +65,7 @@ class EmbeddedPostgres:
         self.port = port or free_port()
         self.durable = durable
         self.bin = bin_dir()
-        self.user = _system_user()
+        self.user = system_user()
 
     @property
     def url(self) -> str:
