@@ -112,7 +112,9 @@ async def start(
     answer); every lookup is still bounded by ``RELAY_DNS_TIMEOUT``.
     """
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.require_database_url())
+        pool = await create_pool(
+            settings.require_database_url(), pooler=settings.database_pooler, listen_dsn=settings.listen_url
+        )
         stack.push_async_callback(_close_pool, pool)
         feed = Feed(pool, reconcile_interval=settings.reconcile_interval)
         listener = Listener(

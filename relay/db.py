@@ -15,6 +15,7 @@ import asyncpg
 
 from relay.aio import sleep_or_stop
 from relay.errors import SetupError
+from relay.pooler import PoolConnections, PoolerSetting
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +85,33 @@ class FailureStreak:
         await sleep_or_stop(stop, delay)
 
 
-async def create_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool:
-    """A pool that opens no connection up front, so start-up works while the database is away."""
+async def create_pool(
+    dsn: str, *, pooler: PoolerSetting = "auto", listen_dsn: str | None = None, **kwargs: Any
+) -> asyncpg.Pool:
+    """A pool that opens no connection up front, so start-up works while the database is away.
+
+    ``pooler`` (``RELAY_DATABASE_POOLER``) says whether ``dsn`` goes through a transaction
+    pooler; ``auto`` finds out on the first connection (see :mod:`relay.pooler`), which
+    also logs an error when ``listen_dsn`` is that same pooler.
+    """
+    connections = PoolConnections(dsn, pooler, listen_dsn=listen_dsn)
+    kwargs.setdefault("connect", connections.connect)
+    kwargs.setdefault("reset", connections.reset)
     kwargs.setdefault("min_size", 0)
     kwargs.setdefault("max_size", 10)
     kwargs.setdefault("max_inactive_connection_lifetime", 60.0)
     kwargs.setdefault("server_settings", {"application_name": "relay"})
     return await asyncpg.create_pool(dsn, **kwargs)
+
+
+async def connect_once(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
+    """A connection for a command's few queries (`relay migrate`, `relay webhooks`, `relay check`).
+
+    Without a statement cache it works through a transaction pooler and leaves no
+    prepared statement behind in a session the pooler lends to someone else; a command
+    runs too few queries for the cache to pay.
+    """
+    return await asyncpg.connect(dsn, timeout=connect_timeout, statement_cache_size=0)
 
 
 async def retrying(

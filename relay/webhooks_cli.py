@@ -11,6 +11,7 @@ import asyncpg
 
 from relay import webhooks
 from relay.config import Settings
+from relay.db import connect_once
 from relay.egress import EgressRefused
 from relay.errors import RelayError
 from relay.retry import parse_delay
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 async def _with_conn(settings: Settings, action: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
-    conn = await asyncpg.connect(settings.require_database_url(), timeout=10)
+    conn = await connect_once(settings.require_database_url())
     try:
         return await action(conn)
     finally:
