@@ -18,7 +18,7 @@ import uvicorn
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from relay import http, metrics
+from relay import http, logs, metrics
 from relay.aio import wait_any
 from relay.auth import TokenVerifier
 from relay.config import Settings
@@ -30,7 +30,7 @@ from relay.events import Event, Sources
 from relay.feed import Feed
 from relay.listener import Listener
 from relay.live import polling, websocket
-from relay.live.hub import Hub
+from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Hub
 from relay.live.socketio import Gateway
 from relay.live.wire import CaptureSend, LiveWebSocketProtocol, ServerWithoutSignals
 from relay.push import routes as push_routes
@@ -85,7 +85,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         probe_timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,
     )
-    gateway = Gateway(hub, verifier, settings.allowed_origins)
+    gateway = Gateway(hub, verifier, settings.allowed_origins, settings.auth_timeout)
     return Services(settings, store, hub, feed, listener, verifier, signer, gateway, resolver)
 
 
@@ -175,7 +175,9 @@ async def start(
     answer); every lookup is still bounded by ``RELAY_DNS_TIMEOUT``.
     """
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.require_database_url())
+        pool = await create_pool(
+            settings.require_database_url(), pooler=settings.database_pooler, listen_dsn=settings.listen_url
+        )
         stack.push_async_callback(_close_pool, pool)
         if resolver is None:
             system = SystemResolver()
@@ -218,6 +220,7 @@ async def start(
 
         server: ServerWithoutSignals | None = None
         if serve_http:
+            logs.guard_library_loggers()  # uvicorn logs every handshake with its query string
             config = uvicorn.Config(
                 http_app(services, extra_routes),
                 host=settings.http_host,
@@ -225,6 +228,9 @@ async def start(
                 log_config=None,
                 lifespan="off",
                 ws=LiveWebSocketProtocol,
+                # Every WebSocket starts with the smallest limit; routes raise it once the
+                # client has authenticated (Socket.IO) or lower it (/ws).
+                ws_max_size=UNAUTHENTICATED_MAX_MESSAGE,
                 ws_ping_interval=20,
                 ws_ping_timeout=20,
             )

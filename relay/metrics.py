@@ -69,6 +69,12 @@ ws_connections = Gauge(
     ["transport"],
     registry=REGISTRY,
 )
+live_refused = Counter(
+    "relay_live_refused_total",
+    "Live-connection input refused: malformed packets, oversized requests, no valid token in time",
+    ["transport", "reason"],
+    registry=REGISTRY,
+)
 notify_queue_usage = Gauge(
     "relay_notify_queue_usage",
     "pg_notification_queue_usage() of the database (0..1)",

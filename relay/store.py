@@ -130,6 +130,10 @@ class Store:
         async with self._conn() as conn:
             await conn.fetchval(q("ping"), timeout=within)
 
+    async def backend_pid(self) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(q("backend_pid")))
+
     async def notify_queue_usage(self) -> float:
         async with self._conn() as conn:
             return float(await conn.fetchval(q("notify_queue_usage")))

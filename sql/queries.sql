@@ -11,6 +11,9 @@ SELECT relay.sequence_events();
 -- name: ping
 SELECT 1;
 
+-- name: backend_pid
+SELECT pg_backend_pid();
+
 -- name: notify_queue_usage
 SELECT pg_notification_queue_usage();
 
