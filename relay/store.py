@@ -412,6 +412,10 @@ class Store:
                 return Source.from_row(await conn.fetchrow(q(query), *args))
             except asyncpg.InvalidParameterValueError as exc:  # the checks' own refusal
                 raise SourceError(str(exc)) from None
+            except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError) as exc:
+                raise SourceError(
+                    "Relay's schema is missing or older than sources: run `relay migrate`"
+                ) from exc
             except asyncpg.PostgresError as exc:  # a missing privilege, say
                 raise SourceError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
