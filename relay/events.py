@@ -13,7 +13,9 @@ import re
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import WithJsonSchema
 
 ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 VERBS: dict[str, str] = {"created": "INSERT", "updated": "UPDATE", "deleted": "DELETE"}
@@ -22,6 +24,30 @@ SOURCES_CHANNEL = "relay_sources"
 
 BOOKING = "booking"
 CHANNELS: tuple[str, ...] = ("booking_created", "booking_updated", "booking_deleted")
+# An event's name (its channel), as the HTTP API's schemas show it: which names exist is up
+# to the attached sources (`relay sources`); a name no source has is refused with 422.
+ChannelName = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9_]{0,29}_(created|updated|deleted)$",
+            "examples": list(CHANNELS),
+        }
+    ),
+]
+# An item of a webhook or push filter: an event name, or NAME_* for every event of source NAME.
+EventFilter = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[a-z][a-z0-9_]{0,29}_(created|updated|deleted|\*)$",
+            "description": "An event name, or NAME_* for every event of source NAME.",
+            "examples": [*CHANNELS, "booking_*"],
+        }
+    ),
+]
 
 # The contract's keys per channel (DESIGN.md "NOTIFY channels and payloads"): the booking
 # channels keep the seed's exact keys; every other source's carry the generic ones
