@@ -145,9 +145,6 @@ class Sources:
     def __contains__(self, channel: object) -> bool:
         return channel in self._set
 
-    def event_filter(self, events: Iterable[str] | str | None) -> list[str] | None:
-        return parse_event_filter(events, self._channels)
-
 
 class MalformedNotification(ValueError):
     """A NOTIFY payload that does not follow the contract."""
@@ -194,7 +191,7 @@ def parse_notification(channel: str, payload: str, known: Container[str] = CHANN
 
 def parse_event_filter(events: Iterable[str] | str | None, known: Collection[str]) -> list[str] | None:
     """A webhook or push filter: event names of ``known`` and ``NAME_*`` wildcards (every
-    event of source NAME, attached later included); None for every event.
+    event of source NAME); None for every event.
 
     Raises EventFilterError naming what is unknown.
     """
