@@ -3,7 +3,9 @@
 * Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
   pg_notify-only trigger, and Relay's trigger, with 1 and 8 writers, same server; and
   into "Payment", a table of the same shape attached with `relay attach` (its generated
-  trigger), against Relay's booking trigger measured next to it.
+  trigger), against Relay's booking trigger measured next to it. Its cost per row alone,
+  without the commit's fsync (which dominates, and swings, the pgbench rates): 1,000-row
+  INSERTs into both tables, interleaved in transactions that are rolled back.
 * Hand-off latency: commit -> Relay's feed hands the event on, against a bare asyncpg
   LISTEN client receiving the same NOTIFYs in the same process (the floor).
 * Recovery: pg_terminate_backend on the listener, time until it listens again.
@@ -174,6 +176,46 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
     return rows
 
 
+async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1000) -> list[Row]:
+    """The attached source's trigger against the booking trigger per row, without the commit.
+
+    Each round is one transaction, rolled back at its end (no fsync, no table growth):
+    ``pairs`` times a ``rows``-row INSERT into "Booking" and one into "Payment" (same
+    shape, same database), in alternating order, so a machine busy with something else
+    slows both alike. A round's ratio is its total time in "Payment" over its total time
+    in "Booking"; the row reports the median over rounds.
+    """
+    insert = """INSERT INTO "{}" (id, "merchantId", status)
+                SELECT gen_random_uuid()::text, 'm1', 'PENDING' FROM generate_series(1, $1)"""
+    conn = await asyncpg.connect(url)
+    totals: dict[str, list[float]] = {"Booking": [], "Payment": []}
+    try:
+        for _ in range(rounds):
+            spent = {"Booking": 0.0, "Payment": 0.0}
+            transaction = conn.transaction()
+            await transaction.start()
+            for i in range(pairs):
+                for table in ("Booking", "Payment") if i % 2 == 0 else ("Payment", "Booking"):
+                    started = time.perf_counter()
+                    await conn.execute(insert.format(table), rows)
+                    spent[table] += time.perf_counter() - started
+            await transaction.rollback()
+            for table, seconds in spent.items():
+                totals[table].append(seconds / (pairs * rows) * 1e6)
+    finally:
+        await conn.close()
+    return [
+        row(
+            f"attached source trigger cost per row vs booking trigger ({rows:,}-row INSERTs, rolled back)",
+            median(totals["Payment"]),
+            median(totals["Booking"]),
+            "<= 1.05",
+            unit="us/row",
+            ratio=median([p / b for p, b in zip(totals["Payment"], totals["Booking"], strict=True)]),
+        )
+    ]
+
+
 async def handoff_latency(url: str, events: int, interval: float) -> list[Row]:
     settings = Settings(database_url=url, http_port=0, probe_interval=2.0)
     sent: dict[str, float] = {}
@@ -269,6 +311,7 @@ async def _run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     with server(durable=True) as pg:
         rows += await trigger_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await trigger_row_cost(pg.url_for("cost_attached"), rounds=1 if quick else 5)
         url = await _make_database(pg, "latency", "relay")
         rows += await handoff_latency(url, events=50 if quick else 300, interval=0.01)
         rows += await recovery(url, kills=5 if quick else 20)
