@@ -113,8 +113,9 @@ class SioSink(Sink):
         if send is not None and raw is not None:
             message = {"type": "websocket.close", "code": CLOSE_TOO_SLOW, "reason": "too slow"}
             self.hub.spawn(lambda: raw.close_then_abort(send(message), self.hub.close_grace))
-        else:
-            self.hub.spawn(lambda: self._server.disconnect(self.sid, namespace=NAMESPACE))
+        elif (engine := self._eio) is not None:
+            # No Socket.IO DISCONNECT: the client reconnects by itself and recovers.
+            self.hub.spawn(engine.end)
 
 
 class Gateway:
