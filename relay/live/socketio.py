@@ -194,6 +194,12 @@ class Gateway:
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         after = await self.resumable(claims, auth)
+        engine = eio.EngineSocket.of(server, sid, NAMESPACE)
+        if engine is None or engine.closed:  # the client left while its recovery was checked
+            raise socketio.exceptions.ConnectionRefusedError("connection closed")
+        presented = isinstance(auth, dict) and "pid" in auth
+        outcome = "recovered" if after is not None else "not_recovered" if presented else "new"
+        metrics.socketio_sessions.labels(outcome=outcome).inc()
         pid = auth["pid"] if after is not None and isinstance(auth, dict) else self.recovery.new_pid(claims)
         sink = SioSink(hub, Interest(claims.merchant_id), server, sid, pid)
         self.sinks[sid] = sink

@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.livekit import insert, live_settings, running, token
 from tests.integration.test_socketio_node_client import NodeClient, node_client, start_client
+from tests.support import sample
 
 __all__ = ["node_client"]  # the fixture
 
@@ -27,6 +28,10 @@ async def booking_ids(client: NodeClient, count: int) -> list[str]:
         assert name == "booking_created", (name, data)
         ids.append(data["id"])
     return ids
+
+
+def sessions(outcome: str) -> float:
+    return sample("relay_socketio_sessions_total", {"outcome": outcome})
 
 
 async def nothing_more(client: NodeClient, wait: float = 0.7) -> None:
@@ -53,6 +58,7 @@ async def test_a_dropped_client_recovers_exactly_the_events_committed_meanwhile(
     db_url: str, node_client: Path, transport: str
 ) -> None:
     settings = live_settings(db_url)
+    recovered_before = sessions("recovered")
     async with running(settings) as relay:
         url = f"http://127.0.0.1:{relay.http_port}"
         async for client in start_client(node_client, url, token(settings, "mA"), transport):
@@ -68,6 +74,7 @@ async def test_a_dropped_client_recovers_exactly_the_events_committed_meanwhile(
             await nothing_more(client)
             # the client's default: long-polling first, then an upgrade (each time it connects)
             assert client.upgrades == (2 if transport == "default" else 0)
+            assert sessions("recovered") - recovered_before == 1
             break
 
 
@@ -191,6 +198,7 @@ async def test_a_forged_or_other_merchants_pid_is_a_new_connection_that_sees_not
     db_url: str, node_client: Path
 ) -> None:
     settings = live_settings(db_url)
+    not_recovered_before = sessions("not_recovered")
     async with running(settings) as relay:
         url = f"http://127.0.0.1:{relay.http_port}"
         clients_a = start_client(node_client, url, token(settings, "mA"), "websocket")
@@ -224,5 +232,6 @@ async def test_a_forged_or_other_merchants_pid_is_a_new_connection_that_sees_not
                 await dropped(a)
                 assert await connected(a, "mA") == {"recovered": False}
                 await nothing_more(a)
+                assert sessions("not_recovered") - not_recovered_before == 2
                 break
             break
