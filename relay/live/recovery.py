@@ -21,9 +21,15 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 
 from relay.auth import Claims
+from relay.events import decode_cursor
+from relay.live.websocket import DB_ERRORS
+from relay.store import Store
+
+logger = logging.getLogger(__name__)
 
 NONCE = 9
 MAC = 15
@@ -59,3 +65,21 @@ class Recovery:
             return False
         nonce, mac = raw[:NONCE], raw[NONCE:]
         return hmac.compare_digest(mac, self._mac(nonce, claims))
+
+    async def resumable(self, store: Store, claims: Claims, auth: object) -> int | None:
+        """The position to replay after when a CONNECT's ``auth`` (``{"pid","offset",...}``)
+        recovers a session of the token's user and merchant, else None (a new session)."""
+        if not isinstance(auth, dict) or not self.holds(auth.get("pid"), claims):
+            return None
+        offset = auth.get("offset")
+        try:
+            after = decode_cursor(offset) if isinstance(offset, str) else None
+            if after is None:
+                return None
+            oldest, last = await store.oldest_position(), await store.position()
+        except ValueError:
+            return None
+        except DB_ERRORS as exc:
+            logger.warning("Socket.IO: cannot check a recovery (%s); a new session", type(exc).__name__)
+            return None
+        return after if oldest <= after <= last else None

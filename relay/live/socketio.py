@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import metrics
 from relay.auth import AuthError, Claims, TokenVerifier
-from relay.events import Event, decode_cursor, encode_cursor
+from relay.events import Event, encode_cursor
 from relay.http_auth import error
 from relay.live import eio
 from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Encoded, Hub, Interest, Sink, replay
@@ -193,7 +193,7 @@ class Gateway:
             claims = self.verifier.verify(token if isinstance(token, str) else None)
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        after = await self.resumable(claims, auth)
+        after = await self.recovery.resumable(self.store, claims, auth)
         engine = eio.EngineSocket.of(server, sid, NAMESPACE)
         if engine is None or engine.closed:  # the client left while its recovery was checked
             raise socketio.exceptions.ConnectionRefusedError("connection closed")
@@ -210,23 +210,6 @@ class Gateway:
             max(claims.seconds_left, 0.0),
             lambda: hub.spawn(lambda: server.disconnect(sid, namespace=NAMESPACE)),
         )
-
-    async def resumable(self, claims: Claims, auth: object) -> int | None:
-        """The position to replay after when the CONNECT recovers a session, else None."""
-        if not isinstance(auth, dict) or not self.recovery.holds(auth.get("pid"), claims):
-            return None
-        offset = auth.get("offset")
-        try:
-            after = decode_cursor(offset) if isinstance(offset, str) else None
-            if after is None:
-                return None
-            oldest, last = await self.store.oldest_position(), await self.store.position()
-        except ValueError:
-            return None
-        except DB_ERRORS as exc:
-            logger.warning("Socket.IO: cannot check a recovery (%s); a new session", type(exc).__name__)
-            return None
-        return after if oldest <= after <= last else None
 
     async def greet(self, sink: SioSink, claims: Claims, after: int | None) -> None:
         """``connected``, the missed events when recovering, then live. Runs after this

@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from tests.integration.livekit import insert, live_settings, running, token
+from relay.auth import Claims
+from relay.live.recovery import Recovery
+from tests.integration.livekit import SECRET, insert, live_settings, running, token
 from tests.integration.test_socketio_node_client import NodeClient, node_client, start_client
 from tests.support import sample
 
@@ -235,3 +238,35 @@ async def test_a_forged_or_other_merchants_pid_is_a_new_connection_that_sees_not
                 assert sessions("not_recovered") - not_recovered_before == 2
                 break
             break
+
+
+async def test_recovery_needs_an_offset_between_the_oldest_retained_event_and_the_last_sequenced(
+    db_url: str,
+) -> None:
+    settings = live_settings(db_url)
+    recovery = Recovery.keyed_by(SECRET)
+    alice = Claims(user_id="alice", merchant_id="mA", expires_at=0)
+    pid = recovery.new_pid(alice)
+    async with running(settings) as relay:
+        await insert(db_url, ("b1", "mA"), ("b2", "mA"), ("b3", "mA"))
+        await relay.feed.caught_up()
+        first, second, last = [e.position for e in await relay.store.merchant_events("mA", 0, 10)]
+
+        async def resumable(pid: str, offset: object) -> int | None:
+            return await recovery.resumable(relay.store, alice, {"pid": pid, "offset": offset, "token": "t"})
+
+        assert await resumable(pid, str(first)) == first
+        assert await resumable(pid, str(last)) == last
+        assert await resumable(pid, str(last + 1)) is None  # beyond what was sequenced
+        assert await resumable(pid, "not a cursor") is None
+        assert await resumable(pid, None) is None
+        other = recovery.new_pid(Claims(user_id="alice", merchant_id="mB", expires_at=0))
+        assert await resumable(other, str(first)) is None
+        assert await recovery.resumable(relay.store, alice, {"offset": str(first)}) is None
+        conn = await asyncpg.connect(db_url)
+        try:  # retention removed the first two events: what followed `first` is gone
+            await conn.execute("DELETE FROM relay.events WHERE position <= $1", second)
+        finally:
+            await conn.close()
+        assert await resumable(pid, str(first)) is None
+        assert await resumable(pid, str(second)) == second
