@@ -93,7 +93,8 @@ class Dispatcher:
         self._destinations_quota: Quota[DestinationKey] = Quota(min(per_destination, concurrency))
         self._merchants: Quota[str] = Quota(min(per_merchant, concurrency))
         self._hosts: Quota[str] = Quota(min(per_host, concurrency))
-        self._held: dict[int, Delivery] = {}
+        self._held: dict[int, Delivery] = {}  # leased to this process until recorded
+        self._in_hand = 0  # held and not yet attempted
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -141,7 +142,9 @@ class Dispatcher:
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
             failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
-                room = self._concurrency * 2 - len(self._held)
+                # In hand (claimed, not yet attempted) at most twice the concurrency; held
+                # (in hand, or attempted and waiting to be recorded) at most 16 times.
+                room = min(self._concurrency * 2 - self._in_hand, self._concurrency * 16 - len(self._held))
                 if room <= 0:
                     self._claim_wake.clear()
                     await wait_any(self._claim_wake, stop, timeout=self._poll)
@@ -192,12 +195,23 @@ class Dispatcher:
                     self._hosts.cap,
                 )
                 claimed = await self._store.claim(kind, limit - len(kept), self.worker_id, self._lease, room)
-                kept += self._take(claimed)
+                taken = self._take(claimed)
+                kept += taken
+                await self._load(kind, taken)
         except TRANSIENT_ERRORS:
             if not kept:
                 raise
             # What an earlier kind's claim committed is held here now: send it.
         return kept
+
+    async def _load(self, kind: str, taken: list[tuple[Delivery, Event]]) -> None:
+        """One read of what the batch's sends need; on a database error each send reads its own."""
+        if not taken:
+            return
+        try:
+            await self._destinations[kind].load([delivery for delivery, _ in taken])
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            logger.info("cannot load the %s destinations of a batch: %s", kind, exc)
 
     def _take(self, claimed: list[tuple[Delivery, Event]]) -> list[tuple[Delivery, Event]]:
         """Hold the claimed deliveries; hand straight back any over a cap (the claim already
@@ -210,6 +224,7 @@ class Dispatcher:
                 continue
             for quota, key in quotas:
                 quota.hold(key)
+            self._in_hand += 1
             self._held[delivery.id] = delivery
             kept.append((delivery, event))
         return kept
@@ -225,6 +240,18 @@ class Dispatcher:
         return quotas
 
     async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
+        try:
+            await self._attempt(delivery, event, stop)
+        finally:
+            # The limits count the deliveries in hand until their attempt is over; the
+            # outcome is recorded with others a moment later (the row stays leased to us
+            # meanwhile), while the next deliveries are claimed and sent.
+            self._in_hand -= 1
+            for quota, key in self._quotas(delivery):
+                quota.drop(key)
+            self._claim_wake.set()
+
+    async def _attempt(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
         destination = self._destinations[delivery.kind]
         log = delivery.log
         try:
@@ -337,9 +364,7 @@ class Dispatcher:
             logger.exception("could not record %d delivery outcomes; their leases will expire", len(batch))
         finally:
             for record in batch:
-                if self._held.pop(record.delivery.id, None) is not None:
-                    for quota, key in self._quotas(record.delivery):
-                        quota.drop(key)
+                self._held.pop(record.delivery.id, None)
             self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:

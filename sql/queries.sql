@@ -214,6 +214,12 @@ SELECT id, merchant_id, url, events, secret, previous_secret, previous_secret_ex
        enabled, disabled_reason, failing_since
 FROM relay.webhook_endpoints WHERE id = $1;
 
+-- name: webhook_endpoints_by_id
+-- The endpoints of a claimed batch, read at once.
+SELECT id, merchant_id, url, events, secret, previous_secret, previous_secret_expires_at,
+       enabled, disabled_reason, failing_since
+FROM relay.webhook_endpoints WHERE id = ANY ($1::bigint[]);
+
 -- name: webhook_merchant_lock
 -- Held until the transaction ends: registrations of one merchant happen one at a time,
 -- so the count checked against the limit is still true at the insert.
@@ -299,6 +305,12 @@ ON CONFLICT DO NOTHING;
 SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
        failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
 FROM relay.push_subscriptions WHERE id = $1;
+
+-- name: push_subscriptions_by_id
+-- The subscriptions of a claimed batch, read at once.
+SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
+       failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
+FROM relay.push_subscriptions WHERE id = ANY ($1::bigint[]);
 
 -- name: push_subscription_lock
 -- Held until the transaction ends: one merchant's subscriptions change one at a time, so

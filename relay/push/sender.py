@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -29,6 +30,7 @@ DEFAULT_TTL = 24 * 3600  # seconds a push service keeps a message for an offline
 PER_ORIGIN = 64
 SEND_TIMEOUT = 15.0  # seconds a push service has to answer, however it trickles
 _RETRY_STATUSES = frozenset({408, 425, 429})
+LOADED_SECONDS = 2.0  # a subscription read with its batch is used if its send starts within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +149,26 @@ class WebPushDestination:
     def __init__(self, store: Store, sender: WebPushSender) -> None:
         self._store = store
         self.sender = sender
+        # Rows read for a claimed batch (with when), each used once by its delivery's send.
+        self._loaded: dict[int, tuple[float, asyncpg.Record | None]] = {}
+
+    async def load(self, deliveries: Sequence[Delivery]) -> None:
+        """Read the subscriptions of a claimed batch in one query."""
+        ids = sorted({d.destination_id for d in deliveries})
+        rows = {row["id"]: row for row in await self._store.subscriptions(ids)}
+        if len(self._loaded) > 10_000:
+            self._loaded.clear()
+        now = time.monotonic()
+        for subscription_id in ids:
+            self._loaded[subscription_id] = (now, rows.get(subscription_id))
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         log = {**delivery.log, "subscription_id": delivery.destination_id}
-        row = await self._store.subscription(delivery.destination_id)
+        loaded = self._loaded.pop(delivery.destination_id, None)
+        if loaded is not None and loaded[0] > time.monotonic() - LOADED_SECONDS:
+            row = loaded[1]
+        else:
+            row = await self._store.subscription(delivery.destination_id)
         if row is None:
             return Outcome("permanent", None, "subscription removed")
         if row["gone_since"] is not None:

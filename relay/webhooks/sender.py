@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -96,10 +96,28 @@ class WebhookDestination:
             return cached[1]
         row = await self._store.endpoint(endpoint_id)
         endpoint = Endpoint.from_row(row, datetime.now(UTC)) if row is not None else None
+        self._remember(endpoint_id, endpoint, now)
+        return endpoint
+
+    def _remember(self, endpoint_id: int, endpoint: Endpoint | None, now: float) -> None:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[endpoint_id] = (now + CACHE_SECONDS, endpoint)
-        return endpoint
+
+    async def load(self, deliveries: Sequence[Delivery]) -> None:
+        """Read the endpoints of a claimed batch that are not cached, in one query."""
+        now = time.monotonic()
+        wanted = {
+            d.destination_id
+            for d in deliveries
+            if (cached := self._cache.get(d.destination_id)) is None or cached[0] <= now
+        }
+        if not wanted:
+            return
+        rows = await self._store.endpoints_by_id(sorted(wanted))
+        found = {row["id"]: Endpoint.from_row(row, datetime.now(UTC)) for row in rows}
+        for endpoint_id in wanted:
+            self._remember(endpoint_id, found.get(endpoint_id), now)
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         # A database error here propagates: the dispatcher hands the delivery back
