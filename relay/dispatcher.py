@@ -38,7 +38,7 @@ from relay.aio import sleep_or_stop, wait_any
 from relay.db import TRANSIENT_ERRORS
 from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
-from relay.quota import Quota
+from relay.quota import AHEAD, Quota
 from relay.retry import FailureStreak, RetrySchedule, handback_delay, retrying
 from relay.store import Attempt, ClaimRoom, Store
 
@@ -142,9 +142,12 @@ class Dispatcher:
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
             failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
-                # In hand (claimed, not yet attempted) at most twice the concurrency; held
-                # (in hand, or attempted and waiting to be recorded) at most 16 times.
-                room = min(self._concurrency * 2 - self._in_hand, self._concurrency * 16 - len(self._held))
+                # In hand (claimed, not yet attempted) at most AHEAD times the concurrency, as
+                # per key (so as many merchants stalled at their limit as before fill it);
+                # held (in hand, or attempted and waiting to be recorded) at most 16 times.
+                room = min(
+                    self._concurrency * AHEAD - self._in_hand, self._concurrency * 16 - len(self._held)
+                )
                 if room <= 0:
                     self._claim_wake.clear()
                     await wait_any(self._claim_wake, stop, timeout=self._poll)

@@ -207,6 +207,8 @@ JOIN relay.webhook_endpoints w
  AND (w.events IS NULL OR e.channel = ANY (w.events))
  AND w.created_at <= e.created_at
 WHERE e.position > $1 AND e.position <= $2
+-- Event by event (ids follow), so a claim's first candidates span every target of a burst.
+ORDER BY e.position, w.id
 ON CONFLICT (event_id, channel, target_id) DO NOTHING;
 
 -- name: webhook_endpoint
@@ -299,6 +301,7 @@ WHERE e.position > $1 AND e.position <= $2
   AND s.gone_since IS NULL
   AND (s.expiration_time IS NULL OR s.expiration_time > now())
   AND (s.channels IS NULL OR e.channel = ANY (s.channels))
+ORDER BY e.position, s.id
 ON CONFLICT DO NOTHING;
 
 -- name: push_subscription

@@ -110,7 +110,8 @@ class WebhookDestination:
         wanted = {
             d.destination_id
             for d in deliveries
-            if (cached := self._cache.get(d.destination_id)) is None or cached[0] <= now
+            # read again what expires before its send could start
+            if (cached := self._cache.get(d.destination_id)) is None or cached[0] <= now + CACHE_SECONDS / 2
         }
         if not wanted:
             return
