@@ -93,8 +93,7 @@ class Dispatcher:
         self._destinations_quota: Quota[DestinationKey] = Quota(min(per_destination, concurrency))
         self._merchants: Quota[str] = Quota(min(per_merchant, concurrency))
         self._hosts: Quota[str] = Quota(min(per_host, concurrency))
-        self._held: dict[int, Delivery] = {}  # leased to this process until recorded
-        self._in_hand = 0  # held and not yet attempted
+        self._held: dict[int, Delivery] = {}
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -142,12 +141,7 @@ class Dispatcher:
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
             failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
-                # In hand (claimed, not yet attempted) at most AHEAD times the concurrency, as
-                # per key (so as many merchants stalled at their limit as before fill it);
-                # held (in hand, or attempted and waiting to be recorded) at most 16 times.
-                room = min(
-                    self._concurrency * AHEAD - self._in_hand, self._concurrency * 16 - len(self._held)
-                )
+                room = self._concurrency * AHEAD - len(self._held)
                 if room <= 0:
                     self._claim_wake.clear()
                     await wait_any(self._claim_wake, stop, timeout=self._poll)
@@ -227,7 +221,6 @@ class Dispatcher:
                 continue
             for quota, key in quotas:
                 quota.hold(key)
-            self._in_hand += 1
             self._held[delivery.id] = delivery
             kept.append((delivery, event))
         return kept
@@ -243,18 +236,6 @@ class Dispatcher:
         return quotas
 
     async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
-        try:
-            await self._attempt(delivery, event, stop)
-        finally:
-            # The limits count the deliveries in hand until their attempt is over; the
-            # outcome is recorded with others a moment later (the row stays leased to us
-            # meanwhile), while the next deliveries are claimed and sent.
-            self._in_hand -= 1
-            for quota, key in self._quotas(delivery):
-                quota.drop(key)
-            self._claim_wake.set()
-
-    async def _attempt(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
         destination = self._destinations[delivery.kind]
         log = delivery.log
         try:
@@ -367,7 +348,9 @@ class Dispatcher:
             logger.exception("could not record %d delivery outcomes; their leases will expire", len(batch))
         finally:
             for record in batch:
-                self._held.pop(record.delivery.id, None)
+                if self._held.pop(record.delivery.id, None) is not None:
+                    for quota, key in self._quotas(record.delivery):
+                        quota.drop(key)
             self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
