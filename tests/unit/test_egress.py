@@ -165,3 +165,19 @@ async def test_system_lookups_never_wait_for_the_default_executor() -> None:
         await asyncio.gather(*blockers)
         await resolver.aclose()
     assert "127.0.0.1" in addresses
+
+
+async def test_a_cookie_one_receiver_sets_is_never_sent_to_any_destination() -> None:
+    # Receivers of different merchants can share a host: a cookie one of them sets must
+    # not travel with the next merchant's deliveries (or a later one to itself).
+    from starlette.responses import Response
+
+    async def set_cookie(_item: object) -> Response:
+        return Response(status_code=204, headers={"set-cookie": "session=planted; Path=/"})
+
+    async with running(set_cookie) as receiver, build_client(LOOPBACK) as client:
+        for path in ("/merchant-a", "/merchant-b"):
+            async with client.post(receiver.url(path), data=b"{}") as response:
+                assert response.status == 204
+        first, second = await receiver.get(), await receiver.get()
+    assert "cookie" not in first.headers and "cookie" not in second.headers
