@@ -12,10 +12,9 @@ AHEAD = 2
 
 
 class Quota(Generic[K]):
-    """Sends in flight per key, at most ``limit``; and the deliveries this process has in hand
-    per key (claimed, not yet attempted), at most ``cap`` (``AHEAD`` times the limit, so the
-    next ones are claimed while the first are sent: a claim is a database round trip, the
-    send to a fast receiver a fraction of one). Claims take no more than a key's room."""
+    """Sends in flight per key, at most ``limit``; and the deliveries this process holds per
+    key (claimed and not yet recorded), at most ``cap`` (``AHEAD`` times the limit, so the
+    next ones are claimed while the first are sent). Claims take no more than a key's room."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
