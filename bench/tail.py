@@ -9,8 +9,8 @@ each cause can be read off the difference:
 * ``relay``: ``relay run`` as shipped;
 * ``relay, gc off``: the same process with the cyclic garbage collector disabled;
 * ``relay, no webhooks``: the same, with no webhook endpoint (the dispatcher plans nothing);
-  the default variant has 5 endpoints on a local receiver answering 204, as in a real
-  deployment, so delivery work runs beside the live path.
+  the other two have 5 endpoints on the webhook benchmark's Node.js receiver (answering
+  204), as in a real deployment, so delivery work runs beside the live path.
 
 ``python -m bench.tail [--quick]``; ``run(quick) -> rows``.
 """
@@ -27,7 +27,8 @@ import asyncpg
 from bench.common import percentile
 from bench.common import row as _row
 from bench.live import BOOKING, LoadGen, Row, Writer, clients, npm_install, raise_fd_limit, serve
-from bench.webhooks import LOOPBACK, free_port, process, wait_http
+from bench.receiver import free_port, node_receiver
+from bench.webhooks import LOOPBACK
 from relay.embedded import EmbeddedPostgres
 from relay.store import Store, migrate
 from relay.webhooks.endpoints import add_endpoint
@@ -82,9 +83,8 @@ async def run_async(seconds: float) -> list[Row]:
         await migrate(conn)
         results["relay, no webhooks"] = await variant(pg.url, None, seconds)
         port = free_port()
-        with process([sys.executable, "-m", "bench.webhook_receiver", str(port)]):
+        with node_receiver(port):
             url = f"http://127.0.0.1:{port}"
-            await wait_http(f"{url}/stats")
             for i in range(5):
                 await add_endpoint(Store(conn), merchant_id="m0", url=f"{url}/e{i}", allow=LOOPBACK, limit=5)
             results["relay"] = await variant(pg.url, None, seconds)
