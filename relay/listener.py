@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import asyncpg
 
@@ -33,7 +33,8 @@ class Listener:
 
     ``on_notify(event_id)`` is called for each valid payload, and ``on_connect()``
     after every (re)connection, once LISTEN is in place, so the caller can run a
-    reconciliation pass for whatever was committed while nobody listened.
+    reconciliation pass for whatever was committed while nobody listened. ``others``
+    maps further channels to the callback that takes their payloads (it must only enqueue).
     """
 
     def __init__(
@@ -45,7 +46,9 @@ class Listener:
         probe_interval: float = 2.0,
         probe_timeout: float = 2.0,
         max_delay: float = 10.0,
+        others: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
+        self._others = dict(others or {})
         self._dsn = dsn
         self._on_notify = on_notify
         self._on_connect = on_connect
@@ -108,6 +111,8 @@ class Listener:
         conn.add_termination_listener(lambda _c: lost.set())
         for channel in CHANNELS:
             await conn.add_listener(channel, self._enqueue)
+        for channel, callback in self._others.items():
+            await conn.add_listener(channel, lambda _c, _p, _ch, payload, take=callback: take(payload))
         self.backend_pid = conn.get_server_pid()
         self.connections += 1
         self.connected.set()

@@ -1,8 +1,9 @@
 """Socket.IO at ``/socket.io/``, namespace ``/notifications``: the seed's NestJS gateway, kept.
 
 Clients connect with ``auth: {token}`` (or ``Authorization: Bearer``), get
-``connected {userId, merchantId}``, then ``booking_created`` / ``booking_updated`` /
-``booking_deleted`` with the seed payloads; ``subscribe`` / ``unsubscribe`` follow
+``connected {userId, merchantId}`` and ``presence {online}``, then ``booking_created`` /
+``booking_updated`` / ``booking_deleted`` with the seed payloads and ``presence_joined`` /
+``presence_left {userId}``; ``subscribe`` / ``unsubscribe`` follow
 the /ws tenant rule and answer ``subscribed`` / ``unsubscribed`` or ``error``.
 
 Hostile input is stopped in front of engineio (``Gateway.__call__``): a long-polling
@@ -37,6 +38,9 @@ from relay.events import Event
 from relay.http_auth import error
 from relay.live import eio
 from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Encoded, Hub, Interest, Sink
+from relay.live.presence import Presence
+from relay.live.presence import enter as enter_presence
+from relay.live.presence import leave as leave_presence
 from relay.live.websocket import CLOSE_POLICY, CLOSE_TOO_SLOW, OFF_MESSAGE
 from relay.live.wire import RawSocket
 from relay.logs import Throttled
@@ -54,6 +58,10 @@ class SocketIOTransport:
 
     def encode(self, event: Event) -> Encoded:
         text, packet = eio.event_packet(NAMESPACE, event.channel, dict(event.data))
+        return Encoded.of(text, packet)
+
+    def encode_message(self, name: str, body: dict[str, Any]) -> Encoded:
+        text, packet = eio.event_packet(NAMESPACE, name, body)
         return Encoded.of(text, packet)
 
 
@@ -113,9 +121,14 @@ class Gateway:
     """
 
     def __init__(
-        self, hub: Hub, verifier: TokenVerifier | None, allowed_origins: list[str], auth_timeout: float
+        self,
+        hub: Hub,
+        verifier: TokenVerifier | None,
+        allowed_origins: list[str],
+        auth_timeout: float,
+        presence: Presence,
     ) -> None:
-        self.hub, self.verifier, self.auth_timeout = hub, verifier, auth_timeout
+        self.hub, self.verifier, self.auth_timeout, self.presence = hub, verifier, auth_timeout, presence
         origins = allowed_origins
         self.server = server = socketio.AsyncServer(
             async_mode="asgi",
@@ -171,6 +184,9 @@ class Gateway:
             # After this handler returns the library queues the namespace CONNECT; greeting
             # from a task puts `connected` after it, as the NestJS gateway's handleConnection did.
             await server.emit("connected", hello, to=sid, namespace=NAMESPACE)
+            online = await enter_presence(self.presence, sink, claims.user_id)
+            if online is not None:
+                await server.emit("presence", online, to=sid, namespace=NAMESPACE)
             sink.go_live()
 
         hub.spawn(greet)
@@ -185,6 +201,7 @@ class Gateway:
             return
         sink.closed = True
         sink.hub.leave(sink)
+        leave_presence(self.presence, sink)
         if sink.expiry is not None:
             sink.expiry.cancel()
         self.gauge.dec()
