@@ -157,6 +157,25 @@ def _components() -> Schema:
                 "next": {"type": "string", "description": "Pass back as `since` on the next poll."},
             },
         },
+        "Presence": {
+            "type": "object",
+            "required": ["online"],
+            "properties": {
+                "online": {
+                    "type": "array",
+                    "description": "The merchant's users with a live /ws or Socket.IO connection on any "
+                    "relay process, sorted by userId.",
+                    "items": {
+                        "type": "object",
+                        "required": ["userId", "connections"],
+                        "properties": {
+                            "userId": {"type": "string"},
+                            "connections": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                }
+            },
+        },
         "WebhookEndpointIn": {
             "type": "object",
             "required": ["url"],
@@ -352,6 +371,14 @@ def _paths() -> Schema:
                 "responses": _responses(
                     {"200": _json(_ref("EventPage"), "A page of events.")}, "400", *token_errors
                 ),
+            }
+        },
+        "/presence": {
+            "get": {
+                "operationId": "presence",
+                "summary": "Which users of the token's merchant are online, across every relay process.",
+                "security": BEARER,
+                "responses": _responses({"200": _json(_ref("Presence"), "Who is online.")}, *token_errors),
             }
         },
         "/webhooks": {
