@@ -48,9 +48,12 @@ class NodeClient:
             assert name not in ("connect_error", "disconnect", "error"), (name, data)
 
 
-async def start_client(script: Path, url: str, tok: str, transport: str) -> AsyncIterator[NodeClient]:
+async def start_client(
+    script: Path, url: str, tok: str, transport: str, more: str = ""
+) -> AsyncIterator[NodeClient]:
+    """``more``: further events to print, comma-separated (e.g. the presence events)."""
     process = await asyncio.create_subprocess_exec(
-        "node", str(script), url, tok, transport, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        "node", str(script), url, tok, transport, more, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         yield NodeClient(process)
@@ -96,4 +99,30 @@ async def test_real_socketio_client_with_a_bad_token_gets_connect_error(
             name, message = await client.next()
             assert name == "connect_error"
             assert "invalid token" in message
+            break
+
+
+PRESENCE_EVENTS = "presence,presence_joined,presence_left"
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_real_socketio_client_gets_presence_then_joins_and_leaves_across_two_relays(
+    db_url: str, node_client: Path, transport: str
+) -> None:
+    settings = live_settings(db_url)
+    async with running(settings) as one, running(settings) as two:
+        urls = [f"http://127.0.0.1:{relay.http_port}" for relay in (one, two)]
+        ann_tok, bob_tok = token(settings, "mA", user="ann"), token(settings, "mA", user="bob")
+        async for ann in start_client(node_client, urls[0], ann_tok, transport, PRESENCE_EVENTS):
+            assert await ann.next() == ("connect", None)
+            assert await ann.next() == ("connected", {"userId": "ann", "merchantId": "mA"})
+            assert await ann.next() == ("presence", {"online": [{"userId": "ann", "connections": 1}]})
+            async for bob in start_client(node_client, urls[1], bob_tok, transport, PRESENCE_EVENTS):
+                assert await bob.until("presence") is not None
+                assert await ann.next() == ("presence_joined", {"userId": "bob"})
+                break  # bob's client disconnects
+            if transport == "websocket":
+                # (A polling client that exits at once may not get its CLOSE packet out; the
+                # server then notices it only at Engine.IO's ping timeout, 45 s later.)
+                assert await ann.next() == ("presence_left", {"userId": "bob"})
             break
