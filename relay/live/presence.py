@@ -90,6 +90,7 @@ class Presence:
         self._stale: set[str] = set()
         self._notices: list[str] = []
         self._wake = asyncio.Event()
+        self._answering = False  # the last statement succeeded: worth saying goodbye at shutdown
 
     # ------------------------------------------------------------------ the transports' interface
 
@@ -178,16 +179,19 @@ class Presence:
                     await self._flush()
                     await self._refresh()
                 except DB_ERRORS as exc:
+                    self._answering = False
                     await failures.pause(exc, stop)
                     continue
+                self._answering = True
                 failures.reset()
                 await wait_any(self._wake, stop, timeout=max(next_beat - loop.time(), 0.0))
                 await wait_any(stop, timeout=BATCH_INTERVAL)  # gather what else changes meanwhile
                 self._wake.clear()
         finally:
-            with contextlib.suppress(*DB_ERRORS, TimeoutError):
-                async with asyncio.timeout(2):
-                    await self._leave()
+            if self._answering:
+                with contextlib.suppress(*DB_ERRORS, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await self._leave()
 
     async def _beat(self) -> None:
         """Renew the lease (register again, with every count, if it had run out), and
