@@ -6,9 +6,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import WithJsonSchema
 
 CHANNELS: tuple[str, ...] = ("booking_created", "booking_updated", "booking_deleted")
+# An event's channel name, as the HTTP API's schemas show it.
+ChannelName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(CHANNELS)})]
 
 # The contract's keys per channel (DESIGN.md "NOTIFY channels and payloads").
 PAYLOAD_KEYS: dict[str, frozenset[str]] = {

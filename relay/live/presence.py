@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -52,6 +53,17 @@ MAX_NOTICE = 7000  # bytes of one NOTIFY payload (PostgreSQL's limit is 8000)
 DB_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 
 Counts = dict[str, int]
+
+
+class OnlineUser(BaseModel):
+    userId: str
+    connections: int = Field(ge=1, description="Its open /ws and Socket.IO connections, on every process.")
+
+
+class Online(BaseModel):
+    """``GET /presence``: the merchant's users with a live connection on any relay process."""
+
+    online: list[OnlineUser] = Field(description="Sorted by userId.")
 
 
 def notices(sender: str, merchants: Iterable[str]) -> list[str]:
@@ -334,6 +346,6 @@ def routes(presence: Presence, verifier: TokenVerifier | None) -> list[BaseRoute
             online = await presence.online(claims.merchant_id)
         except DB_ERRORS:
             return error(503, "the database is unavailable; try again")
-        return JSONResponse({"online": online})
+        return JSONResponse(Online(online=[OnlineUser(**entry) for entry in online]).model_dump())
 
     return [Route("/presence", endpoint, methods=["GET"])]
