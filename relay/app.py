@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,9 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
     hub = Hub()
     feed = Feed(store, reconcile_interval=settings.reconcile_interval)
-    online = presence.Presence(store, hub, lease=settings.presence_lease)
+    # A fixed port names the process's slot; port 0 (any free port) has none.
+    slot = f"{socket.gethostname()}:{settings.http_port}" if settings.http_port else None
+    online = presence.Presence(store, hub, lease=settings.presence_lease, slot=slot)
 
     def connected() -> None:
         feed.wake()

@@ -382,10 +382,10 @@ class Store:
 
     # ------------------------------------------------------------------ presence
 
-    async def presence_register(self, process_id: UUID, lease: float) -> bool:
+    async def presence_register(self, process_id: UUID, lease: float, slot: str | None) -> bool:
         """Take or renew the process's lease; True when its row was missing (see the query)."""
         async with self._conn() as conn:
-            return bool(await conn.fetchval(q("presence_register"), process_id, lease))
+            return bool(await conn.fetchval(q("presence_register"), process_id, lease, slot))
 
     async def presence_flush(
         self, process_id: UUID, counts: Sequence[tuple[str, str, int]], channel: str, notices: Sequence[str]
@@ -399,10 +399,14 @@ class Store:
                 q("presence_flush"), process_id, merchants, users, connections, channel, list(notices)
             )
 
-    async def presence_remove(self, leaving: UUID | None = None) -> list[str]:
-        """Remove expired processes (and ``leaving``); the merchants whose presence changed."""
+    async def presence_remove(
+        self, leaving: UUID | None = None, slot: str | None = None, besides: UUID | None = None
+    ) -> list[str]:
+        """Remove expired processes, ``leaving``, and those of ``slot`` but ``besides``; the
+        merchants whose presence changed."""
         async with self._conn() as conn:
-            return [r["merchant_id"] for r in await conn.fetch(q("presence_remove"), leaving)]
+            rows = await conn.fetch(q("presence_remove"), leaving, slot, besides)
+        return [r["merchant_id"] for r in rows]
 
     async def presence_counts(self, merchants: Sequence[str], besides: UUID) -> list[tuple[str, str, int]]:
         """(merchant, user, connections) over every live process but ``besides``."""

@@ -5,11 +5,14 @@
 --
 -- Each process registers a random id with a lease it renews every few seconds; the rows
 -- of a process whose lease ran out (it died without saying goodbye) are deleted by any
--- other process, and with them, by the foreign key, its connection counts.
+-- other process, and with them, by the foreign key, its connection counts. ``slot`` names
+-- where a process serves (host name and HTTP port): a process starting in the slot of one
+-- that died removes that one's counts at once instead of waiting for its lease.
 
 CREATE UNLOGGED TABLE relay.presence_processes (
     process_id  uuid        PRIMARY KEY,
-    lease_until timestamptz NOT NULL
+    lease_until timestamptz NOT NULL,
+    slot        text
 );
 
 CREATE UNLOGGED TABLE relay.presence (

@@ -384,8 +384,8 @@ SELECT count(*) FROM pruned;
 -- name: presence_register
 -- Take or renew a process's presence lease; true when its row was missing (a new process,
 -- or one whose lease ran out and whose counts another process removed).
-INSERT INTO relay.presence_processes (process_id, lease_until)
-VALUES ($1, now() + make_interval(secs => $2))
+INSERT INTO relay.presence_processes (process_id, lease_until, slot)
+VALUES ($1, now() + make_interval(secs => $2), $3)
 ON CONFLICT (process_id) DO UPDATE SET lease_until = EXCLUDED.lease_until
 RETURNING xmax = 0 AS registered;
 
@@ -406,11 +406,12 @@ WITH changes AS (
 SELECT count(pg_notify($5, payload)) FROM unnest($6::text[]) AS payload;
 
 -- name: presence_remove
--- Remove the processes whose lease ran out, and process $1 (leaving; NULL: none), with
--- their counts; the merchants whose presence that changed.
+-- Remove the processes whose lease ran out, process $1 (leaving; NULL: none) and the
+-- earlier processes of slot $2 but $3 (NULL: none), with their counts; the merchants whose
+-- presence that changed.
 WITH gone AS (
     DELETE FROM relay.presence_processes
-    WHERE lease_until < now() OR process_id = $1
+    WHERE lease_until < now() OR process_id = $1 OR (slot = $2 AND process_id <> $3)
     RETURNING process_id
 ), removed AS (
     DELETE FROM relay.presence p USING gone WHERE p.process_id = gone.process_id

@@ -90,8 +90,12 @@ def notices(sender: str, merchants: Iterable[str]) -> list[str]:
 class Presence:
     """This process's view of presence, for the merchants it has connections of."""
 
-    def __init__(self, store: Store, hub: Hub, *, lease: float = 10.0) -> None:
+    def __init__(self, store: Store, hub: Hub, *, lease: float = 10.0, slot: str | None = None) -> None:
+        """``slot``: where this process serves (host name and HTTP port), if fixed: starting,
+        it removes the counts of an earlier process of the same slot (one that was killed)."""
         self.process_id = uuid.uuid4()
+        self._slot = slot
+        self._started = False
         self._id = str(self.process_id)
         self._store, self._hub, self._lease = store, hub, lease
         self._local: dict[str, Counts] = {}  # this process's connections
@@ -208,11 +212,14 @@ class Presence:
     async def _beat(self) -> None:
         """Renew the lease (register again, with every count, if it had run out), and
         remove the processes whose lease ran out."""
-        if await self._store.presence_register(self.process_id, self._lease):
-            if self._local:
+        if await self._store.presence_register(self.process_id, self._lease, self._slot):
+            if self._started:
                 logger.warning("presence: this process's lease had run out; its counts are written again")
             self._unflushed |= {(m, u) for m, users in self._local.items() for u in users}
-        gone = await self._store.presence_remove()
+        # The first time, also the processes that served here before this one.
+        slot = None if self._started else self._slot
+        gone = await self._store.presence_remove(None, slot, self.process_id)
+        self._started = True
         if gone:
             logger.info("presence: removed the connections of relay processes that stopped renewing")
             for notice in notices(self._id, gone):

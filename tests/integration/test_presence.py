@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from relay.app import Relay
 from relay.config import Settings
+from relay.embedded import free_port
 from relay.live.presence import MAX_NOTICE, notices
 from tests.integration.livekit import live_settings, nothing_more, recv, running, token, ws_url
 from tests.integration.test_socketio_gateway import sio_client
@@ -112,13 +114,38 @@ async def test_the_users_of_a_process_whose_lease_runs_out_leave(db_url: str) ->
     conn = await asyncpg.connect(db_url)
     try:
         await conn.execute(
-            "INSERT INTO relay.presence_processes VALUES ($1, now() + interval '3 seconds')", dead
+            "INSERT INTO relay.presence_processes VALUES ($1, now() + interval '3 seconds', NULL)", dead
         )
         await conn.execute("INSERT INTO relay.presence VALUES ('mA', 'ghost', $1, 2)", dead)
         async with running(settings) as relay, tab(relay, settings, "mA", "ann") as (ann, first):
             assert first == online(("ann", 1), ("ghost", 2))
             assert await recv(ann, 15) == {"type": "presence_left", "userId": "ghost"}
             assert await conn.fetchval("SELECT count(*) FROM relay.presence WHERE process_id = $1", dead) == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_process_restarting_in_the_slot_of_a_killed_one_removes_its_ghosts_at_once(
+    db_url: str,
+) -> None:
+    """The killed process's lease (a minute here) is not waited for: a process serving on
+    the same host and port removes its counts when it starts."""
+    port = free_port()
+    settings = live_settings(db_url, http_port=port)
+    killed, elsewhere = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(db_url)
+    try:
+        for process, slot in ((killed, f"{socket.gethostname()}:{port}"), (elsewhere, "other-host:8080")):
+            await conn.execute(
+                "INSERT INTO relay.presence_processes VALUES ($1, now() + interval '1 minute', $2)",
+                process,
+                slot,
+            )
+        await conn.execute("INSERT INTO relay.presence VALUES ('mA', 'ghost', $1, 1)", killed)
+        await conn.execute("INSERT INTO relay.presence VALUES ('mA', 'bob', $1, 1)", elsewhere)
+        async with running(settings) as relay, tab(relay, settings, "mA", "ann") as (_ann, first):
+            assert first == online(("ann", 1), ("bob", 1))
+            assert (await get_presence(relay, settings, "mA"))["online"] == online(("ann", 1), ("bob", 1))
     finally:
         await conn.close()
 
