@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,10 @@ class Recording:
     def encode(self, event: Event) -> Encoded:
         self.encoded += 1
         return Encoded.of(f"{event.position}")
+
+    def encode_message(self, name: str, body: dict[str, Any]) -> Encoded:
+        self.encoded += 1
+        return Encoded.of(f"{name}:{body['userId']}")
 
 
 class RecordingSink(Sink):
@@ -93,3 +98,28 @@ def test_unsubscribing_one_channel_keeps_the_others(channel: str) -> None:
     assert interest.unsubscribe(channel) is None
     assert not interest.wants(channel)
     assert interest.wants("booking_updated")
+
+
+def test_room_messages_reach_only_counted_in_sinks_of_the_room_in_order_with_events() -> None:
+    """Presence messages are encoded once per transport, go only to sinks that have their
+    presence snapshot (``present``) and are in the room, and wait with the events of a sink
+    that is not live yet."""
+    hub, transport = Hub(), Recording()
+    live, pending, uncounted, left_room = (RecordingSink(hub, transport, "mA") for _ in range(4))
+    other = RecordingSink(hub, transport, "mB")
+    for sink in (live, pending, uncounted, left_room, other):
+        hub.join(sink)
+    for sink in (live, pending, left_room, other):
+        sink.present = "someone"
+    for sink in (live, uncounted, left_room, other):
+        sink.go_live()
+    left_room.interest.unsubscribe("merchant:mA")
+    hub.publish([event(1)])
+    hub.tell("mA", "presence_joined", {"userId": "u2"})
+    assert transport.encoded == 2
+    assert live.written == ["1", "presence_joined:u2"]
+    assert pending.written == []
+    pending.go_live()
+    assert pending.written == ["1", "presence_joined:u2"]
+    assert uncounted.written == ["1"]
+    assert left_room.written == [] and other.written == []
