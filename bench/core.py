@@ -1,7 +1,11 @@
 """Core pipeline: what the trigger costs booking writes, hand-off latency, listener recovery.
 
 * Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
-  pg_notify-only trigger, and Relay's trigger, with 1 and 8 writers, same server.
+  pg_notify-only trigger, and Relay's trigger, with 1 and 8 writers, same server; and
+  into "Payment", a table of the same shape attached with `relay attach` (its generated
+  trigger), against Relay's booking trigger measured next to it. Its cost per row alone,
+  without the commit's fsync (which dominates, and swings, the pgbench rates): 1,000-row
+  INSERTs into both tables, interleaved in transactions that are rolled back.
 * Hand-off latency: commit -> Relay's feed hands the event on, against a bare asyncpg
   LISTEN client receiving the same NOTIFYs in the same process (the floor).
 * Recovery: pg_terminate_backend on the listener, time until it listens again.
@@ -25,7 +29,7 @@ from relay import app
 from relay.config import Settings
 from relay.embedded import EmbeddedPostgres
 from relay.events import Event
-from relay.store import migrate
+from relay.store import Store, migrate
 
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 SEED_TRIGGER = """
@@ -52,6 +56,11 @@ FOR EACH ROW EXECUTE FUNCTION notify_booking_changes();
 INSERT_SCRIPT = """INSERT INTO "Booking" (id, "merchantId", status)
 VALUES (gen_random_uuid()::text, 'm' || (random() * 3)::int, 'PENDING');
 """
+# An attached source of the booking table's shape, whose payload has the same keys and size:
+# relay attach Payment --entity payment --tenant-column merchantId --watch status --fields status
+PAYMENT = """CREATE TABLE "Payment" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+PAYMENT_SOURCE = ("Payment", "payment", "merchantId", "id", ["status"], ["status"])
+PAYMENT_SCRIPT = INSERT_SCRIPT.replace('"Booking"', '"Payment"')
 
 
 async def _make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
@@ -65,6 +74,10 @@ async def _make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
             await conn.execute(SEED_TRIGGER)
         elif variant == "relay":
             await migrate(conn)
+        elif variant == "attached":
+            await conn.execute(PAYMENT)
+            await migrate(conn)
+            await Store(conn).attach_source(*PAYMENT_SOURCE)
     finally:
         await conn.close()
     return pg.url_for(name)
@@ -100,11 +113,16 @@ def _pgbench(pg: EmbeddedPostgres, database: str, clients: int, seconds: float, 
     return float(match.group(1))
 
 
-async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
+def _script(text: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(INSERT_SCRIPT)
+        script.write(text)
     os.chmod(script.name, 0o644)
-    variants = ("none", "seed", "relay")
+    return script.name
+
+
+async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
+    variants = ("none", "seed", "relay", "attached")
+    scripts = {v: _script(PAYMENT_SCRIPT if v == "attached" else INSERT_SCRIPT) for v in variants}
     for v in variants:
         await _make_database(pg, f"cost_{v}", v)
     rates: dict[tuple[str, int], list[float]] = {}
@@ -113,9 +131,10 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
             order = variants if r % 2 == 0 else tuple(reversed(variants))
             for v in order:
                 rates.setdefault((v, clients), []).append(
-                    await asyncio.to_thread(_pgbench, pg, f"cost_{v}", clients, seconds, script.name)
+                    await asyncio.to_thread(_pgbench, pg, f"cost_{v}", clients, seconds, scripts[v])
                 )
-    os.unlink(script.name)
+    for name in scripts.values():
+        os.unlink(name)
     rows: list[Row] = []
     for clients in (1, 8):
         # Rates drift on a shared machine: compare each variant with the one measured next
@@ -144,7 +163,57 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
                 ratio=paired("relay", "seed"),
             )
         )
+        rows.append(
+            row(
+                f"attached source trigger INSERT rate vs Relay booking trigger, {clients} writer(s)",
+                mid["attached"],
+                mid["relay"],
+                ">= 0.95",
+                unit="tx/s",
+                ratio=paired("attached", "relay"),
+            )
+        )
     return rows
+
+
+async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1000) -> list[Row]:
+    """The attached source's trigger against the booking trigger per row, without the commit.
+
+    Each round is one transaction, rolled back at its end (no fsync, no table growth):
+    ``pairs`` times a ``rows``-row INSERT into "Booking" and one into "Payment" (same
+    shape, same database), in alternating order, so a machine busy with something else
+    slows both alike. A round's ratio is its total time in "Payment" over its total time
+    in "Booking"; the row reports the median over rounds.
+    """
+    insert = """INSERT INTO "{}" (id, "merchantId", status)
+                SELECT gen_random_uuid()::text, 'm1', 'PENDING' FROM generate_series(1, $1)"""
+    conn = await asyncpg.connect(url)
+    totals: dict[str, list[float]] = {"Booking": [], "Payment": []}
+    try:
+        for _ in range(rounds):
+            spent = {"Booking": 0.0, "Payment": 0.0}
+            transaction = conn.transaction()
+            await transaction.start()
+            for i in range(pairs):
+                for table in ("Booking", "Payment") if i % 2 == 0 else ("Payment", "Booking"):
+                    started = time.perf_counter()
+                    await conn.execute(insert.format(table), rows)
+                    spent[table] += time.perf_counter() - started
+            await transaction.rollback()
+            for table, seconds in spent.items():
+                totals[table].append(seconds / (pairs * rows) * 1e6)
+    finally:
+        await conn.close()
+    return [
+        row(
+            f"attached source trigger cost per row vs booking trigger ({rows:,}-row INSERTs, rolled back)",
+            median(totals["Payment"]),
+            median(totals["Booking"]),
+            "<= 1.05",
+            unit="us/row",
+            ratio=median([p / b for p, b in zip(totals["Payment"], totals["Booking"], strict=True)]),
+        )
+    ]
 
 
 async def handoff_latency(url: str, events: int, interval: float) -> list[Row]:
@@ -242,6 +311,7 @@ async def _run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     with server(durable=True) as pg:
         rows += await trigger_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await trigger_row_cost(pg.url_for("cost_attached"), rounds=1 if quick else 5)
         url = await _make_database(pg, "latency", "relay")
         rows += await handoff_latency(url, events=50 if quick else 300, interval=0.01)
         rows += await recovery(url, kills=5 if quick else 20)

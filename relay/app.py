@@ -27,11 +27,12 @@ from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.destinations import Destination
 from relay.dispatcher import Dispatcher
 from relay.egress import Resolver, SystemResolver, build_client
-from relay.events import Event
+from relay.events import Event, Sources
 from relay.feed import Feed
 from relay.listener import Listener
 from relay.live import polling, presence, websocket
 from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Hub
+from relay.live.recovery import Recovery
 from relay.live.socketio import Gateway
 from relay.live.wire import CaptureSend, LiveWebSocketProtocol, ServerWithoutSignals
 from relay.push import routes as push_routes
@@ -74,7 +75,8 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
     signer = VapidSigner.from_settings(settings) if settings.push_enabled else None
     if signer is None:
         logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
-    hub = Hub()
+    sources = Sources()  # kept current by the listener
+    hub = Hub(sources)
     feed = Feed(store, reconcile_interval=settings.reconcile_interval)
     # A fixed port names the process's slot; port 0 (any free port) has none.
     slot = f"{socket.gethostname()}:{settings.http_port}" if settings.http_port else None
@@ -86,6 +88,8 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
 
     listener = Listener(
         settings.listen_url,
+        sources=sources,
+        load_sources=store.sources,
         on_notify=feed.notified,
         on_connect=connected,
         probe_interval=settings.probe_interval,
@@ -93,7 +97,22 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         max_delay=settings.reconnect_max_delay,
         others={presence.CHANNEL: online.notified},
     )
-    gateway = Gateway(hub, verifier, settings.allowed_origins, settings.auth_timeout, online)
+
+    async def live_position() -> int:
+        await feed.started.wait()
+        assert feed.position is not None
+        return feed.position
+
+    gateway = Gateway(
+        hub,
+        verifier,
+        settings.allowed_origins,
+        settings.auth_timeout,
+        store=store,
+        recovery=Recovery.keyed_by(settings.jwt_secret or settings.jwt_public_key or ""),
+        position=live_position,
+        presence=online,
+    )
     return Services(settings, store, hub, feed, listener, verifier, signer, gateway, online, resolver)
 
 
@@ -167,7 +186,7 @@ def log_events(events: Sequence[Event]) -> None:
         return
     for event in events:
         logger.debug(
-            "event %s %s booking=%s",
+            "event %s %s id=%s",
             event.cursor,
             event.channel,
             event.data.get("id"),

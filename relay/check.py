@@ -88,6 +88,7 @@ async def _schema(store: Store) -> list[Line]:
         ("ok", 'trigger attached to "Booking"')
         if await store.trigger_attached()
         else ("fail", 'trigger not attached to "Booking": run `relay migrate`'),
+        *await sources_lines(store),
     ]
 
 
@@ -148,6 +149,22 @@ def listen_role(separate: bool, pooled: bool | Exception) -> Line:
         "RELAY_LISTEN_DATABASE_URL is a direct session connection: used for LISTEN and any work "
         "that needs a session",
     )
+
+
+async def sources_lines(store: Store) -> list[tuple[str, str]]:
+    """The attached sources, and any whose trigger is gone (its table dropped or recreated)."""
+    lines = [
+        (
+            "fail",
+            f"source {s.entity}: the trigger on {s.table} is missing (table dropped or recreated?): "
+            f"run `relay attach` for it again, or `relay detach {s.table}`",
+        )
+        for s in await store.sources_without_trigger()
+    ]
+    attached = [s.entity for s in await store.sources() if s.entity != "booking"]
+    if attached:
+        lines.append(("ok", f"sources attached besides booking: {', '.join(attached)}"))
+    return lines
 
 
 def optional_parts(settings: Settings) -> list[tuple[bool, str]]:

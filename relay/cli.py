@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from relay import logs
 from relay.config import Settings, load_settings
+from relay.db import connect_once
 from relay.errors import RelayError
+from relay.events import Sources
+from relay.store import Store
 from relay.webhooks import cli as webhooks_cli
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    from relay.db import connect_once
     from relay.store import migrate
 
     async def go() -> list[str]:
@@ -76,6 +79,79 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _columns(value: str) -> list[str]:
+    """A comma list of column names, each taken exactly as written."""
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def _on_store(settings: Settings, act: Callable[[Store], Awaitable[int]]) -> int:
+    async def go() -> int:
+        conn = await connect_once(settings.require_database_url())
+        try:
+            return await act(Store(conn))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def cmd_attach(args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Store) -> int:
+        source = await store.attach_source(
+            args.table, args.entity, args.tenant_column, args.key, args.watch, args.fields
+        )
+        print(json.dumps(source.public(), separators=(",", ":")))
+        return 0
+
+    return _on_store(settings, act)
+
+
+def cmd_detach(args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Store) -> int:
+        print(json.dumps((await store.detach_source(args.table)).public(), separators=(",", ":")))
+        return 0
+
+    return _on_store(settings, act)
+
+
+def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Store) -> int:
+        for source in Sources(await store.sources()).sources:
+            print(json.dumps(source.public(), separators=(",", ":")))
+        return 0
+
+    return _on_store(settings, act)
+
+
+def add_source_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    attach = sub.add_parser(
+        "attach", help="make a table a source: its row changes become events (prints it as JSON)"
+    )
+    attach.add_argument("table", metavar="TABLE", help="as written, optionally schema.table (always quoted)")
+    attach.add_argument(
+        "--entity", required=True, metavar="NAME", help="events NAME_created/_updated/_deleted"
+    )
+    attach.add_argument("--tenant-column", required=True, metavar="COLUMN", help="the events' merchantId")
+    attach.add_argument("--key", default="id", metavar="COLUMN", help="the events' id (default id)")
+    attach.add_argument(
+        "--watch",
+        type=_columns,
+        default=[],
+        metavar="C1,C2",
+        help="an UPDATE is an event only if one changed",
+    )
+    attach.add_argument(
+        "--fields", type=_columns, default=[], metavar="C1,C2", help="columns added to payloads"
+    )
+    attach.set_defaults(func=cmd_attach)
+    detach = sub.add_parser("detach", help="remove a source's trigger (recorded events are still delivered)")
+    detach.add_argument("table", metavar="TABLE")
+    detach.set_defaults(func=cmd_detach)
+    sub.add_parser("sources", help="list the sources, one JSON object per line").set_defaults(
+        func=cmd_sources
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_vapid_keys
     )
     webhooks_cli.add_parser(sub)
+    add_source_parsers(sub)
     token = sub.add_parser("token", help="print a development JWT signed with RELAY_JWT_SECRET")
     token.add_argument("--merchant", required=True, help="the merchantId claim")
     token.add_argument("--user", required=True, help="the sub claim (user id)")

@@ -1,5 +1,6 @@
-"""`relay demo`: an embedded PostgreSQL, a demo "Booking" table with changing bookings,
-and a relay handing on every change. Nothing to set up."""
+"""`relay demo`: an embedded PostgreSQL, a demo "Booking" table with changing bookings, a
+second source (``billing.payments``, attached as ``payment``) with their payments, and a
+relay handing on every change. Nothing to set up."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ MERCHANTS = ("merchant-a", "merchant-b")
 STATUSES = ("PENDING", "CONFIRMED", "IN_PROGRESS", "COMPLETED", "CANCELLED")
 CUSTOMERS = ("Ava", "Noah", "Mia", "Leo", "Zoe", "Kai", "Ivy", "Eli", "Ruby", "Max")
 SERVICES = ("Haircut", "Colour", "Massage", "Facial", "Manicure", "Beard trim")
+# relay attach billing.payments --entity payment --tenant-column merchant_id --watch status
+#   --fields booking_id,status,amount_cents
+PAYMENTS_SOURCE = (
+    "billing.payments",
+    "payment",
+    "merchant_id",
+    "id",
+    ["status"],
+    ["booking_id", "status", "amount_cents"],
+)
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +74,9 @@ async def prepare(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(demo_query("booking_table"))
+        await conn.execute(demo_query("payment_table"))
         await migrate(conn)
+        await Store(conn).attach_source(*PAYMENTS_SOURCE)
     finally:
         await conn.close()
 
@@ -83,6 +96,8 @@ async def generate_bookings(dsn: str, stop: asyncio.Event, interval: float = 1.0
 
 async def change_one_booking(conn: asyncpg.Connection, rng: random.Random) -> None:
     merchant = rng.choice(MERCHANTS)
+    if rng.random() < 0.3 and await change_one_payment(conn, rng, merchant):
+        return
     open_ids = [r["id"] for r in await conn.fetch(demo_query("open_bookings"), merchant)]
     roll = rng.random()
     if not open_ids or roll < 0.45:
@@ -95,6 +110,22 @@ async def change_one_booking(conn: asyncpg.Connection, rng: random.Random) -> No
         await conn.execute(demo_query("set_status"), rng.choice(open_ids), rng.choice(STATUSES[1:]))
     else:
         await conn.execute(demo_query("remove_booking"), rng.choice(open_ids))
+
+
+async def change_one_payment(conn: asyncpg.Connection, rng: random.Random, merchant: str) -> bool:
+    """Settle a pending payment, or ask for one for a confirmed booking; False if neither."""
+    pending = [r["id"] for r in await conn.fetch(demo_query("pending_payments"), merchant)]
+    if pending:
+        status = "PAID" if rng.random() < 0.85 else "FAILED"
+        await conn.execute(demo_query("settle_payment"), rng.choice(pending), status)
+        return True
+    unpaid = [r["id"] for r in await conn.fetch(demo_query("unpaid_bookings"), merchant)]
+    if not unpaid:
+        return False
+    payment_id = f"pay_{uuid.uuid4().hex[:10]}"
+    amount = rng.choice((2500, 4000, 5500, 7000))
+    await conn.execute(demo_query("add_payment"), payment_id, merchant, rng.choice(unpaid), amount)
+    return True
 
 
 def booking_routes(pool: asyncpg.Pool, verifier: TokenVerifier) -> list[BaseRoute]:

@@ -17,3 +17,7 @@ class ConfigError(RelayError):
 
 class SetupError(RelayError):
     """The database is not set up for Relay."""
+
+
+class SourceError(RelayError):
+    """`relay attach` or `relay detach` refused."""

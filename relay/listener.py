@@ -4,6 +4,13 @@ The connection is dedicated (never from the pool, whose connections run
 ``UNLISTEN *`` on release). asyncpg keeps no TCP keepalive, so a half-open
 connection looks merely idle: a ``SELECT 1`` with a timeout every few seconds
 proves it lives. The notification callback only enqueues.
+
+It also keeps the process's catalog of sources current: it reads ``relay.sources``
+(through ``load_sources``, over the pool: the listen connection runs nothing but
+LISTEN and its probe) on every (re)connection, on every ``relay_sources`` NOTIFY
+(sent by attach and detach) and every ``SOURCES_REFRESH`` seconds (so a missed
+NOTIFY still converges), and LISTENs to the new sources' event names and UNLISTENs
+the removed ones. A failed read keeps the catalog it had and is tried again.
 """
 
 from __future__ import annotations
@@ -12,35 +19,42 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import asyncpg
 
 from relay import metrics
 from relay.aio import wait_any
 from relay.db import TRANSIENT_ERRORS
-from relay.events import CHANNELS, MalformedNotification, parse_notification
+from relay.events import SOURCES_CHANNEL, MalformedNotification, Source, Sources, parse_notification
 from relay.retry import FailureStreak
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+# Seconds between two reads of relay.sources when no relay_sources NOTIFY came: a process
+# that missed one follows an attach or detach within this (the contract says 5 s).
+SOURCES_REFRESH = 4.0
 
 
 class Listener:
     """Keeps one LISTEN connection alive and reports every notification.
 
     ``on_notify(event_id)`` is called for each valid payload, and ``on_connect()``
-    after every (re)connection, once LISTEN is in place, so the caller can run a
-    reconciliation pass for whatever was committed while nobody listened. ``others``
-    maps further channels to the callback that takes their payloads (it must only enqueue).
+    after every (re)connection, once LISTEN is in place, and whenever new event names
+    are listened to, so the caller can run a reconciliation pass for whatever was
+    committed while nobody listened. ``sources`` is the catalog it keeps current.
+    ``others`` maps further channels to the callback that takes their payloads (it must
+    only enqueue).
     """
 
     def __init__(
         self,
         dsn: str,
         *,
+        sources: Sources,
+        load_sources: Callable[[], Awaitable[Sequence[Source]]],
         on_notify: Callable[[int], None],
         on_connect: Callable[[], None],
         probe_interval: float = 2.0,
@@ -50,6 +64,13 @@ class Listener:
     ) -> None:
         self._others = dict(others or {})
         self._dsn = dsn
+        self.sources = sources
+        self._load_sources = load_sources
+        self._sources_failing = False
+        self.sources_refresh = SOURCES_REFRESH
+        # Every event name ever listened to: a notification queued just before its source
+        # was detached is still a well-formed one.
+        self._heard: set[str] = set()
         self._on_notify = on_notify
         self._on_connect = on_connect
         self._probe_interval = probe_interval
@@ -107,12 +128,13 @@ class Listener:
                 await consumer
 
     async def _listen(self, conn: asyncpg.Connection, stop: asyncio.Event, *, reconnect: bool) -> None:
-        lost = asyncio.Event()
+        lost, changed = asyncio.Event(), asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
-        for channel in CHANNELS:
-            await conn.add_listener(channel, self._enqueue)
+        await conn.add_listener(SOURCES_CHANNEL, lambda *_: changed.set())
         for channel, callback in self._others.items():
             await conn.add_listener(channel, lambda _c, _p, _ch, payload, take=callback: take(payload))
+        listening: set[str] = set()
+        await self._follow_sources(conn, listening)
         self.backend_pid = conn.get_server_pid()
         self.connections += 1
         self.connected.set()
@@ -120,15 +142,48 @@ class Listener:
             metrics.listener_reconnects.inc()
             logger.info("listener reconnected (backend pid %s)", self.backend_pid)
         else:
-            logger.info("listening on %s (backend pid %s)", ", ".join(CHANNELS), self.backend_pid)
+            channels = ", ".join(sorted([*listening, *self._others]))
+            logger.info("listening on %s (backend pid %s)", channels, self.backend_pid)
         self._on_connect()
         probe = Store(conn)
+        clock = asyncio.get_running_loop().time
+        next_probe, next_read = clock() + self._probe_interval, clock() + self.sources_refresh
         while not stop.is_set():
-            await wait_any(stop, lost, timeout=self._probe_interval)
+            await wait_any(stop, lost, changed, timeout=max(0.0, min(next_probe, next_read) - clock()))
             if lost.is_set() or conn.is_closed():
                 raise ConnectionResetError("the LISTEN connection was closed")
-            if not stop.is_set():
+            if stop.is_set():
+                break
+            if changed.is_set() or clock() >= next_read:
+                changed.clear()
+                next_read = clock() + self.sources_refresh
+                if await self._follow_sources(conn, listening):
+                    self._on_connect()  # what the new sources committed before LISTEN
+            if clock() >= next_probe:
                 await probe.ping(within=self._probe_timeout)
+                next_probe = clock() + self._probe_interval
+
+    async def _follow_sources(self, conn: asyncpg.Connection, listening: set[str]) -> bool:
+        """Read the sources; LISTEN to new event names, UNLISTEN removed ones. True if any is new."""
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                self.sources.replace(await self._load_sources())
+            self._sources_failing = False
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            if not self._sources_failing:  # once per failure streak
+                logger.warning("cannot read the sources (%s: %s); trying again", type(exc).__name__, exc)
+            self._sources_failing = True
+        wanted = set(self.sources.channels)
+        added, removed = sorted(wanted - listening), sorted(listening - wanted)
+        self._heard.update(added)
+        for channel in added:
+            await conn.add_listener(channel, self._enqueue)
+        for channel in removed:
+            await conn.remove_listener(channel, self._enqueue)
+        if listening and (added or removed):
+            logger.info("sources changed: now listening on %s", ", ".join(sorted(wanted)))
+        listening.symmetric_difference_update([*added, *removed])
+        return bool(added)
 
     async def _consume(self) -> None:
         while True:
@@ -136,7 +191,7 @@ class Listener:
             self._overflowed = False
             metrics.events_received.labels(channel).inc()
             try:
-                event_id = parse_notification(channel, payload)
+                event_id = parse_notification(channel, payload, self._heard)
             except MalformedNotification as exc:
                 metrics.notifications_malformed.inc()
                 logger.warning(

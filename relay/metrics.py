@@ -8,7 +8,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 events_received = Counter(
     "relay_events_received_total",
-    "NOTIFY messages received on the booking channels",
+    "NOTIFY messages received on the event channels of the sources (booking_created, ...)",
     ["channel"],
     registry=REGISTRY,
 )
@@ -67,6 +67,12 @@ ws_connections = Gauge(
     "relay_ws_connections",
     "Open live connections, by transport",
     ["transport"],
+    registry=REGISTRY,
+)
+socketio_sessions = Counter(
+    "relay_socketio_sessions_total",
+    "Socket.IO sessions connected: new (no pid), recovered, not_recovered (its pid or offset did not hold)",
+    ["outcome"],
     registry=REGISTRY,
 )
 live_refused = Counter(

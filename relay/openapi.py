@@ -283,7 +283,8 @@ def document() -> Schema:
         "info": {
             "title": "Relay",
             "version": "0.1.0",
-            "description": 'Real-time booking notifications. Every error is JSON `{"error": "<message>"}`.',
+            "description": "Real-time notifications of row changes (bookings and every attached source). "
+            'Every error is JSON `{"error": "<message>"}`.',
         },
         "paths": paths,
         "components": {

@@ -23,8 +23,8 @@ from uuid import UUID
 import asyncpg
 
 from relay.destinations import Delivery
-from relay.errors import SetupError
-from relay.events import Event
+from relay.errors import SetupError, SourceError
+from relay.events import Event, Source
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +414,46 @@ class Store:
             rows = await conn.fetch(q("presence_counts"), list(merchants), besides)
         return [(r["merchant_id"], r["user_id"], r["connections"]) for r in rows]
 
+    # ------------------------------------------------------------------ sources
+
+    async def sources(self) -> list[Source]:
+        """Every attached source, the built-in booking one included."""
+        async with self._conn() as conn:
+            return [Source.from_row(r) for r in await conn.fetch(q("sources_list"))]
+
+    async def sources_without_trigger(self) -> list[Source]:
+        async with self._conn() as conn:
+            return [Source.from_row(r) for r in await conn.fetch(q("sources_without_trigger"))]
+
+    async def attach_source(
+        self,
+        table: str,
+        entity: str,
+        tenant_column: str,
+        key: str,
+        watch: Sequence[str],
+        fields: Sequence[str],
+    ) -> Source:
+        """Attach ``table`` (or replace its options); SourceError says why not, in one line."""
+        args = (table, entity, tenant_column, key, list(watch), list(fields))
+        return await self._change_source("source_attach", *args)
+
+    async def detach_source(self, table: str) -> Source:
+        return await self._change_source("source_detach", table)
+
+    async def _change_source(self, query: str, *args: object) -> Source:
+        async with self._conn() as conn:
+            try:
+                return Source.from_row(await conn.fetchrow(q(query), *args))
+            except asyncpg.InvalidParameterValueError as exc:  # the checks' own refusal
+                raise SourceError(str(exc)) from None
+            except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError) as exc:
+                raise SourceError(
+                    "Relay's schema is missing or older than sources: run `relay migrate`"
+                ) from exc
+            except asyncpg.PostgresError as exc:  # a missing privilege, say
+                raise SourceError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
     # ------------------------------------------------------------------ schema
 
     async def server_version(self) -> str:
@@ -457,7 +497,8 @@ class Store:
                 applied.append(name)
                 logger.info("applied migration %s", name)
             if applied or not await conn.fetchval(q("trigger_attached")):
-                await conn.execute(sql_file("attach_trigger.sql"))
+                # The built-in source, through the path every source takes.
+                await conn.execute(q("attach_booking"))
             return applied
 
 

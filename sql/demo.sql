@@ -27,9 +27,40 @@ UPDATE "Booking" SET status = $2, "updatedAt" = now() WHERE id = $1;
 DELETE FROM "Booking" WHERE id = $1;
 
 -- name: bookings
-SELECT id, "merchantId", status, "customerName", "serviceName", "startTime" FROM "Booking"
-WHERE "merchantId" = $1 ORDER BY "startTime";
+SELECT b.id, b."merchantId", b.status, b."customerName", b."serviceName", b."startTime", p.status AS payment
+FROM "Booking" b LEFT JOIN billing.payments p ON p.booking_id = b.id
+WHERE b."merchantId" = $1 ORDER BY b."startTime";
 
 -- name: booking
-SELECT id, "merchantId", status, "customerName", "serviceName", "startTime" FROM "Booking"
-WHERE id = $1 AND "merchantId" = $2;
+SELECT b.id, b."merchantId", b.status, b."customerName", b."serviceName", b."startTime", p.status AS payment
+FROM "Booking" b LEFT JOIN billing.payments p ON p.booking_id = b.id
+WHERE b.id = $1 AND b."merchantId" = $2;
+
+-- The demo's second source: payments of bookings, snake_case in a schema of their own
+-- (`relay demo` attaches it as the source "payment").
+
+-- name: payment_table
+CREATE SCHEMA IF NOT EXISTS billing;
+CREATE TABLE IF NOT EXISTS billing.payments (
+    id           text PRIMARY KEY,
+    merchant_id  text NOT NULL,
+    booking_id   text NOT NULL,
+    status       text NOT NULL,
+    amount_cents integer NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: unpaid_bookings
+SELECT b.id FROM "Booking" b
+WHERE b."merchantId" = $1 AND b.status IN ('CONFIRMED', 'IN_PROGRESS', 'COMPLETED')
+  AND NOT EXISTS (SELECT 1 FROM billing.payments p WHERE p.booking_id = b.id);
+
+-- name: pending_payments
+SELECT id FROM billing.payments WHERE merchant_id = $1 AND status = 'PENDING';
+
+-- name: add_payment
+INSERT INTO billing.payments (id, merchant_id, booking_id, status, amount_cents)
+VALUES ($1, $2, $3, 'PENDING', $4);
+
+-- name: settle_payment
+UPDATE billing.payments SET status = $2, updated_at = now() WHERE id = $1;

@@ -199,13 +199,16 @@ RETURNING id;
 -- ---------------------------------------------------------------- webhooks
 
 -- name: webhook_plan
+-- One webhook delivery per event with $1 < position <= $2 and per enabled endpoint of the
+-- event's merchant whose filter (NULL = all) names the event or its source (NAME_*).
 -- destination: the URL's host and port (credentials are never part of a stored URL).
 INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id, destination)
 SELECT e.id, 'webhook', w.id, e.merchant_id, lower(substring(w.url from '://([^/?#]*)'))
 FROM relay.events e
 JOIN relay.webhook_endpoints w
   ON w.merchant_id = e.merchant_id AND w.enabled
- AND (w.events IS NULL OR e.channel = ANY (w.events))
+ AND (w.events IS NULL OR e.channel = ANY (w.events)
+      OR regexp_replace(e.channel, '_(created|updated|deleted)$', '_*') = ANY (w.events))
  AND w.created_at <= e.created_at
 WHERE e.position > $1 AND e.position <= $2
 ON CONFLICT (event_id, channel, target_id) DO NOTHING;
@@ -285,7 +288,7 @@ RETURNING id, merchant_id;
 
 -- name: push_plan
 -- One push delivery per event with $1 < position <= $2 and per live subscription of the
--- event's merchant whose channels filter (NULL = all) names the event's channel.
+-- event's merchant whose channels filter (NULL = all) names the event or its source (NAME_*).
 INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id, destination)
 SELECT e.id, 'push', s.id, e.merchant_id, lower(substring(s.endpoint from '://([^/?#]*)'))
 FROM relay.events e
@@ -293,7 +296,8 @@ JOIN relay.push_subscriptions s ON s.merchant_id = e.merchant_id
 WHERE e.position > $1 AND e.position <= $2
   AND s.gone_since IS NULL
   AND (s.expiration_time IS NULL OR s.expiration_time > now())
-  AND (s.channels IS NULL OR e.channel = ANY (s.channels))
+  AND (s.channels IS NULL OR e.channel = ANY (s.channels)
+       OR regexp_replace(e.channel, '_(created|updated|deleted)$', '_*') = ANY (s.channels))
 ON CONFLICT DO NOTHING;
 
 -- name: push_subscription
@@ -426,6 +430,33 @@ FROM relay.presence p
 JOIN relay.presence_processes r USING (process_id)
 WHERE p.merchant_id = ANY($1::text[]) AND p.process_id <> $2 AND r.lease_until > now()
 GROUP BY p.merchant_id, p.user_id;
+
+-- ---------------------------------------------------------------- sources
+
+-- name: sources_list
+SELECT entity, table_name, tenant_column, key_column, watch, fields
+FROM relay.sources ORDER BY entity;
+
+-- name: source_attach
+SELECT entity, table_name, tenant_column, key_column, watch, fields
+FROM relay.attach_source($1, $2, $3, $4, $5, $6);
+
+-- name: source_detach
+SELECT entity, table_name, tenant_column, key_column, watch, fields
+FROM relay.detach_source($1);
+
+-- name: attach_booking
+SELECT relay.attach_booking();
+
+-- name: sources_without_trigger
+-- Attached sources whose trigger is gone (their table was dropped, or recreated).
+SELECT entity, table_name, tenant_column, key_column, watch, fields
+FROM relay.sources s
+WHERE entity <> 'booking' AND NOT EXISTS (
+    SELECT 1 FROM pg_trigger t
+    WHERE t.tgrelid = s.table_oid AND t.tgname = 'relay_' || s.entity || '_changes'
+)
+ORDER BY entity;
 
 -- ---------------------------------------------------------------- migrations and checks
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from relay.events import CHANNELS, Event
+from relay.events import CHANNELS, Event, Sources
 from relay.live.wire import text_frame
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 ROOM_PREFIX = "merchant:"
 DEFAULT_MAX_BUFFER = 512 * 1024  # bytes waiting in one client's transport before it is "too slow"
+REPLAY_PAGE = 500
 DEFAULT_MAX_PENDING = 10_000  # events held for one client while its replay runs
 # The kernel's share of one client's backlog; without a cap Linux grows it to megabytes.
 DEFAULT_SOCKET_BUFFER = 128 * 1024
@@ -57,44 +59,60 @@ class Transport(Protocol):
 
 
 class Interest:
-    """What one client asked for: its merchant room, optionally narrowed to some channels.
+    """What one client asked for: its merchant room, optionally narrowed to some event names.
 
-    ``subscribe``/``unsubscribe`` accept an event channel name or ``merchant:<own id>``;
-    every other value (another merchant's room above all) is refused with a message.
+    ``subscribe``/``unsubscribe`` accept an event name of an attached source (``known``,
+    the process's live catalog) or ``merchant:<own id>``; every other value (another
+    merchant's room above all) is refused with a message. Narrowing keeps one of three
+    states: every event (``channels`` None), only ``channels``, or every event but
+    ``channels`` (``excluding``), so sources attached later are included or not as
+    the client's own choices imply.
     """
 
-    def __init__(self, merchant_id: str) -> None:
+    def __init__(self, merchant_id: str, known: Container[str] = CHANNELS) -> None:
         self.merchant_id = merchant_id
         self.in_room = True
-        self.channels: set[str] | None = None  # None: every channel
+        self.channels: set[str] | None = None  # None: every event
+        self.excluding = False  # True: every event but ``channels``
+        self._known = known
 
     def wants(self, channel: str) -> bool:
-        return self.in_room and (self.channels is None or channel in self.channels)
+        if not self.in_room or self.channels is None:
+            return self.in_room
+        return (channel in self.channels) != self.excluding
 
     def subscribe(self, channel: object) -> str | None:
         problem = self._check(channel)
         if problem is None:
-            if channel in CHANNELS:
-                self.channels = {str(channel)} if self.channels is None else self.channels | {str(channel)}
+            name = str(channel)
+            if name.startswith(ROOM_PREFIX):
+                self.in_room, self.channels, self.excluding = True, None, False
+            elif self.channels is None:
+                self.channels = {name}
+            elif self.excluding:
+                self.channels.discard(name)
             else:
-                self.in_room = True
-                self.channels = None
+                self.channels.add(name)
         return problem
 
     def unsubscribe(self, channel: object) -> str | None:
         problem = self._check(channel)
         if problem is None:
-            if channel in CHANNELS:
-                current = set(CHANNELS) if self.channels is None else self.channels
-                self.channels = current - {str(channel)}
-            else:
+            name = str(channel)
+            if name.startswith(ROOM_PREFIX):
                 self.in_room = False
+            elif self.channels is None:
+                self.channels, self.excluding = {name}, True
+            elif self.excluding:
+                self.channels.add(name)
+            else:
+                self.channels.discard(name)
         return problem
 
     def _check(self, channel: object) -> str | None:
         if not isinstance(channel, str) or not channel:
             return "channel must be a non-empty string"
-        if channel in CHANNELS or channel == ROOM_PREFIX + self.merchant_id:
+        if channel in self._known or channel == ROOM_PREFIX + self.merchant_id:
             return None
         if channel.startswith(ROOM_PREFIX):
             return "not allowed: a client may only join its own merchant's room"
@@ -144,6 +162,15 @@ class Sink:
         else:
             self.write(encoded)
 
+    def live_floor(self, position: int) -> int:
+        """The offset of a client that joined the room before the feed handed on ``position``:
+        it has every event of its merchant up to the returned position (the events after it
+        are held for it, or still to come)."""
+        for event, _ in self._pending or ():
+            if event is not None:  # room messages held beside events carry no position
+                return min(position, event.position - 1)
+        return position
+
     def go_live(self, floor: int = 0) -> None:
         """Send what arrived meanwhile (above ``floor``, the last position replayed), then live."""
         self.floor = max(self.floor, floor)
@@ -181,8 +208,13 @@ class Hub:
     """Rooms per merchant; the feed consumer that fans each event out to its room."""
 
     def __init__(
-        self, *, max_buffer: int = DEFAULT_MAX_BUFFER, max_pending: int = DEFAULT_MAX_PENDING
+        self,
+        sources: Sources | None = None,
+        *,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
+        self.sources = sources if sources is not None else Sources()  # the event names clients may pick
         self.max_buffer = max_buffer
         self.max_pending = max_pending
         self.socket_buffer = DEFAULT_SOCKET_BUFFER
@@ -248,3 +280,17 @@ class Hub:
         task = asyncio.get_running_loop().create_task(factory())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def replay(store: Store, sink: Sink, after: int, send: Callable[[Event], Awaitable[object]]) -> int:
+    """Send ``sink``'s merchant's events after position ``after`` in position order (while the
+    sink holds live ones); return the last position sent, the floor for ``go_live``."""
+    while True:
+        page = await store.merchant_events(sink.merchant_id, after, REPLAY_PAGE)
+        for event in page:
+            if sink.closed:  # fell behind while replaying: it resumes again later
+                return after
+            await send(event)
+            after = event.position
+        if len(page) < REPLAY_PAGE:
+            return after

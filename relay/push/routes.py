@@ -17,7 +17,7 @@ from relay.auth import TokenVerifier
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS
 from relay.egress import Resolver
-from relay.events import CHANNELS, ChannelName
+from relay.events import EventFilter, Sources
 from relay.http_auth import MAX_BODY, FieldError, authenticate, error, invalid, read_json
 from relay.push.subscriptions import (
     EndpointIn,
@@ -41,7 +41,7 @@ class VapidPublicKey(BaseModel):
 
 class SubscriptionStored(BaseModel):
     id: int
-    channels: list[ChannelName]
+    channels: list[EventFilter]
 
 
 def field_errors(exc: pydantic.ValidationError) -> list[FieldError]:
@@ -102,6 +102,11 @@ def routes(
         problem = await endpoint_problem(sub.endpoint, settings.egress_allow, resolver, settings.dns_timeout)
         if problem is not None:
             return invalid([FieldError(field="endpoint", message=problem)])
+        known = Sources(await store.sources()).channels
+        try:
+            sub = sub.model_copy(update={"channels": sub.channel_filter(known)})
+        except ValueError as exc:
+            return invalid([FieldError(field="channels", message=str(exc))])
         try:
             subscription_id, created = await store_subscription(
                 store, settings, claims.merchant_id, claims.user_id, sub
@@ -118,7 +123,7 @@ def routes(
                 "subscription_id": subscription_id,
             },
         )
-        stored = SubscriptionStored(id=subscription_id, channels=sub.channels or list(CHANNELS))
+        stored = SubscriptionStored(id=subscription_id, channels=sub.channels or list(known))
         return JSONResponse(stored.model_dump(), status_code=201)
 
     return [

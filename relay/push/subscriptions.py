@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from relay.config import IPNetwork, Settings
 from relay.egress import EgressRefused, Resolver, literal_address, lookup, validate_url
 from relay.errors import RelayError
-from relay.events import CHANNELS, ChannelName
+from relay.events import EventFilter, EventFilterError, parse_event_filter
 from relay.push.vapid import b64url_decode
 from relay.store import Store
 
@@ -64,7 +64,7 @@ class SubscriptionIn(BaseModel):
     endpoint: Annotated[str, Field(max_length=MAX_ENDPOINT)]
     keys: SubscriptionKeys
     expirationTime: Annotated[float, Field(ge=0, le=MAX_EXPIRATION_MS)] | None = None
-    channels: list[ChannelName] | None = None
+    channels: list[EventFilter] | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -83,14 +83,18 @@ class SubscriptionIn(BaseModel):
     @field_validator("channels")
     @classmethod
     def _channels(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        unknown = [c for c in value if c not in CHANNELS]
-        if unknown:
-            raise ValueError(f"unknown channel {unknown[0]!r}; expected some of {', '.join(CHANNELS)}")
-        if not value:
+        """The shape only: the names are checked against the attached sources (``known``)."""
+        if value is not None and not value:
             raise ValueError("must name at least one channel (omit it for all)")
-        return sorted(set(value), key=CHANNELS.index)
+        return value
+
+    def channel_filter(self, known: Sequence[str]) -> list[str] | None:
+        """``channels`` as stored: event names of ``known`` and ``NAME_*`` wildcards.
+        Raises ValueError naming what is unknown."""
+        try:
+            return parse_event_filter(self.channels, known)
+        except EventFilterError as exc:
+            raise ValueError(str(exc).replace("event types", "channels")) from None
 
     @property
     def expires_at(self) -> datetime | None:

@@ -16,7 +16,7 @@ import asyncpg
 from relay.config import WEBHOOK_ENDPOINTS_PER_MERCHANT
 from relay.egress import IPNetwork, validate_url
 from relay.errors import RelayError
-from relay.events import CHANNELS
+from relay.events import CHANNELS, EventFilterError, Sources, parse_event_filter
 from relay.store import Store
 from relay.webhooks.signing import new_secret
 
@@ -33,22 +33,13 @@ class EndpointLimitReached(RelayError):
     """The merchant already has as many endpoints as it may register."""
 
 
-def parse_events(events: Iterable[str] | str | None) -> list[str] | None:
-    """An event filter: channel names, or None for every channel."""
-    if events is None:
-        return None
-    if not isinstance(events, str | list | tuple):
-        raise EndpointError("events must be a list of channel names")
-    items = [e.strip() for e in events.split(",")] if isinstance(events, str) else list(events)
-    if not all(isinstance(e, str) for e in items):
-        raise EndpointError("events must be a list of channel names")
-    items = [e for e in items if e]
-    if not items:
-        return None
-    unknown = sorted(set(items) - set(CHANNELS))
-    if unknown:
-        raise EndpointError(f"unknown event types {unknown}; known: {', '.join(CHANNELS)}")
-    return sorted(set(items), key=CHANNELS.index)
+def parse_events(events: Iterable[str] | str | None, known: Sequence[str] = CHANNELS) -> list[str] | None:
+    """An event filter: event names of ``known`` (the attached sources') and ``NAME_*``
+    wildcards, or None for every event."""
+    try:
+        return parse_event_filter(events, known)
+    except EventFilterError as exc:
+        raise EndpointError(str(exc)) from None
 
 
 def public(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +77,7 @@ async def add_endpoint(
     if not isinstance(merchant_id, str) or not merchant_id:
         raise EndpointError("merchant is required")
     url = validate_url(url, allow)
-    filters = parse_events(events)
+    filters = None if events is None else parse_events(events, Sources(await store.sources()).channels)
     secret = new_secret()
     row = await store.add_endpoint(merchant_id, url, filters, secret, limit)
     if row is None:

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from relay.auth import TokenVerifier
 from relay.db import TRANSIENT_ERRORS
 from relay.egress import EgressRefused, IPNetwork
-from relay.events import ChannelName
+from relay.events import EventFilter
 from relay.http_auth import authenticate, error, read_json
 from relay.store import Store
 from relay.webhooks.endpoints import EndpointError, EndpointLimitReached, add_endpoint, list_endpoints
@@ -30,8 +30,8 @@ class WebhookEndpointIn(BaseModel):
     """``POST /webhooks`` (checked by ``add_endpoint``, to answer with a message per field)."""
 
     url: str = Field(max_length=2048, json_schema_extra={"format": "uri"})
-    events: list[ChannelName] | None = Field(
-        default=None, description="Channels to deliver; omitted, null or empty: every channel."
+    events: list[EventFilter] | None = Field(
+        default=None, description="Events to deliver; omitted, null or empty: every event."
     )
 
 
@@ -47,7 +47,7 @@ class WebhookEndpoint(BaseModel):
     id: int
     merchantId: str
     url: str
-    events: list[ChannelName] | None
+    events: list[EventFilter] | None
     enabled: bool
     disabledReason: str | None
     failingSince: Timestamp

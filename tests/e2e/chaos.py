@@ -1,6 +1,7 @@
 """Chaos run: prove "nothing lost" while everything that can break, breaks.
 
-Booking changes from concurrent writers across several merchants, while the
+Changes of two sources (the built-in "Booking" and a table attached with `relay attach`,
+billing.payments) from concurrent writers across several merchants, while the
 listeners' backends are killed every ~0.5 s, PostgreSQL restarts once, one of two
 relay processes is SIGKILLed and started again, the webhook receiver fails 30 % of
 requests and hangs on 5 %, and the push service answers 429 (with Retry-After)
@@ -59,6 +60,18 @@ STATUSES = ("PENDING", "CONFIRMED", "IN_PROGRESS", "COMPLETED", "CANCELLED")
 # again when the lease runs out). At most the per-target hold of the two processes.
 GONE_ALLOWANCE = 32
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+# The second source: snake_case, another schema, an integer key.
+PAYMENTS = """CREATE SCHEMA billing;
+CREATE TABLE billing.payments (
+    payment_no   bigint PRIMARY KEY,
+    merchant_id  text NOT NULL,
+    state        text NOT NULL,
+    amount_cents integer NOT NULL
+)"""
+ATTACH_PAYMENTS = ["attach", "billing.payments", "--entity", "payment", "--tenant-column", "merchant_id",
+                   "--key", "payment_no", "--watch", "state", "--fields", "amount_cents"]  # fmt: skip
+PAYMENT_STATES = ("PENDING", "AUTHORIZED", "PAID", "REFUNDED", "FAILED")
+PAYMENT_SHARE = 0.4  # of the writers' changes
 
 
 @dataclass
@@ -81,6 +94,7 @@ class ChaosConfig:
 class Report:
     events_committed: int = 0
     per_merchant_events: dict[str, int] = field(default_factory=dict)
+    per_source_events: dict[str, int] = field(default_factory=dict)
     webhook_unique: dict[str, int] = field(default_factory=dict)
     webhook_duplicates: dict[str, int] = field(default_factory=dict)
     webhook_bad_signatures: int = 0
@@ -97,6 +111,7 @@ class Report:
     def lines(self) -> list[str]:
         out = [
             f"events committed: {self.events_committed} {self.per_merchant_events}",
+            f"events per source: {self.per_source_events}",
             f"listener backends killed: {self.listener_kills}",
         ]
         for merchant, expected in sorted(self.per_merchant_events.items()):
@@ -341,35 +356,22 @@ def _vapid_env() -> dict[str, str]:
     }
 
 
-async def _writer(url: str, n: int, merchants: list[str], rng: random.Random, label: str) -> None:
+async def _writer(
+    url: str, n: int, merchants: list[str], rng: random.Random, label: str, number: int
+) -> None:
     conn: asyncpg.Connection | None = None
     mine: dict[str, str] = {}  # booking id -> status
+    payments: dict[int, str] = {}  # payment_no -> state
     done = attempts = 0
     while done < n:
         attempts += 1
         try:
             if conn is None or conn.is_closed():
                 conn = await asyncpg.connect(url, timeout=3)
-            roll = rng.random()
-            if not mine or roll < 0.5:
-                booking = f"{label}-{attempts}"
-                merchant = rng.choice(merchants)
-                await conn.execute(
-                    'INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, $2, $3)',
-                    booking,
-                    merchant,
-                    "PENDING",
-                )
-                mine[booking] = "PENDING"
-            elif roll < 0.9:
-                booking = rng.choice(list(mine))
-                status = rng.choice([s for s in STATUSES if s != mine[booking]])
-                await conn.execute('UPDATE "Booking" SET status = $2 WHERE id = $1', booking, status)
-                mine[booking] = status
+            if rng.random() < PAYMENT_SHARE:
+                await _change_payment(conn, rng, merchants, payments, number * 10_000_000 + attempts)
             else:
-                booking = rng.choice(list(mine))
-                await conn.execute('DELETE FROM "Booking" WHERE id = $1', booking)
-                del mine[booking]
+                await _change_booking(conn, rng, merchants, mine, f"{label}-{attempts}")
             done += 1
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             # A change whose commit was cut off may or may not have committed; relay.events
@@ -381,6 +383,54 @@ async def _writer(url: str, n: int, merchants: list[str], rng: random.Random, la
         await asyncio.sleep(0)
     if conn is not None:
         await conn.close()
+
+
+async def _change_booking(
+    conn: asyncpg.Connection, rng: random.Random, merchants: list[str], mine: dict[str, str], new_id: str
+) -> None:
+    roll = rng.random()
+    if not mine or roll < 0.5:
+        await conn.execute(
+            'INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, $2, $3)',
+            new_id,
+            rng.choice(merchants),
+            "PENDING",
+        )
+        mine[new_id] = "PENDING"
+    elif roll < 0.9:
+        booking = rng.choice(list(mine))
+        status = rng.choice([s for s in STATUSES if s != mine[booking]])
+        await conn.execute('UPDATE "Booking" SET status = $2 WHERE id = $1', booking, status)
+        mine[booking] = status
+    else:
+        booking = rng.choice(list(mine))
+        await conn.execute('DELETE FROM "Booking" WHERE id = $1', booking)
+        del mine[booking]
+
+
+async def _change_payment(
+    conn: asyncpg.Connection, rng: random.Random, merchants: list[str], mine: dict[int, str], new_no: int
+) -> None:
+    roll = rng.random()
+    if not mine or roll < 0.5:
+        await conn.execute(
+            "INSERT INTO billing.payments (payment_no, merchant_id, state, amount_cents)"
+            " VALUES ($1, $2, $3, $4)",
+            new_no,
+            rng.choice(merchants),
+            "PENDING",
+            rng.randrange(100, 100_000),
+        )
+        mine[new_no] = "PENDING"
+    elif roll < 0.9:
+        payment = rng.choice(list(mine))
+        state = rng.choice([s for s in PAYMENT_STATES if s != mine[payment]])
+        await conn.execute("UPDATE billing.payments SET state = $2 WHERE payment_no = $1", payment, state)
+        mine[payment] = state
+    else:
+        payment = rng.choice(list(mine))
+        await conn.execute("DELETE FROM billing.payments WHERE payment_no = $1", payment)
+        del mine[payment]
 
 
 async def _kill_listeners(url: str, cfg: ChaosConfig, stop: asyncio.Event, report: Report) -> None:
@@ -419,6 +469,7 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         pg.start()
         conn = await asyncpg.connect(url)
         await conn.execute(BOOKING)
+        await conn.execute(PAYMENTS)
         await migrate(conn)
         await conn.close()
 
@@ -442,6 +493,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
             **_vapid_env(),
         }
         env.pop("CI", None)
+        subprocess.run(
+            [sys.executable, "-m", "relay", *ATTACH_PAYMENTS], env=env, capture_output=True, check=True
+        )
         for merchant in merchants:
             out = subprocess.run(
                 [
@@ -510,7 +564,7 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         killer = asyncio.create_task(_kill_listeners(url, cfg, stop_chaos, report))
         per_writer = cfg.changes // cfg.writers
         writers = [
-            asyncio.create_task(_writer(url, per_writer, merchants, random.Random(cfg.seed + w), f"w{w}"))
+            asyncio.create_task(_writer(url, per_writer, merchants, random.Random(cfg.seed + w), f"w{w}", w))
             for w in range(cfg.writers)
         ]
 
@@ -545,13 +599,18 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         await killer
 
         conn = await asyncpg.connect(url)
-        rows = await conn.fetch("SELECT id, merchant_id FROM relay.events ORDER BY position NULLS LAST, id")
+        rows = await conn.fetch(
+            "SELECT id, merchant_id, channel FROM relay.events ORDER BY position NULLS LAST, id"
+        )
         await conn.close()
         expected: dict[str, list[int]] = defaultdict(list)
+        per_source: dict[str, int] = defaultdict(int)
         for r in rows:
             expected[r["merchant_id"]].append(r["id"])
+            per_source[r["channel"].rpartition("_")[0]] += 1
         report.events_committed = len(rows)
         report.per_merchant_events = {m: len(expected[m]) for m in merchants}
+        report.per_source_events = {source: per_source[source] for source in ("booking", "payment")}
 
         def complete() -> bool:
             for m in merchants:
@@ -612,6 +671,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
 
 
 def _check(report: Report, merchants: list[str]) -> None:
+    for source, count in report.per_source_events.items():
+        if not count:
+            report.problems.append(f"no event of source {source} was committed")
     for m in merchants:
         expected = report.per_merchant_events[m]
         if report.webhook_unique[m] != expected:

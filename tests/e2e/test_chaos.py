@@ -1,4 +1,5 @@
-"""A shortened chaos run inside `make test` (the full one is `make chaos`)."""
+"""A shortened chaos run inside `make test` (the full one is `make chaos`), with two sources:
+"Booking" and an attached billing.payments."""
 
 from __future__ import annotations
 
@@ -13,5 +14,7 @@ async def test_nothing_is_lost_while_everything_breaks() -> None:
     print("\n".join(report.lines()))
     assert report.problems == []
     assert report.events_committed >= 570  # a change cut off mid-commit may not count
+    assert set(report.per_source_events) == {"booking", "payment"}  # both sources in the mix
+    assert min(report.per_source_events.values()) > 100
     assert report.listener_kills >= 5
     assert report.ws_resumes >= 3

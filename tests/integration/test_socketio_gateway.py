@@ -23,7 +23,7 @@ class Client:
         self.presence: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.sio.on("*", self._record, namespace="/notifications")
 
-    async def _record(self, event: str, data: Any = None) -> None:
+    async def _record(self, event: str, data: Any = None, *_offset: Any) -> None:
         queue = self.presence if event.startswith("presence") else self.events
         queue.put_nowait((event, data))
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.livekit import insert, live_settings, running, token
+from tests.integration.sourcekit import TABLES, Table, event_ids, lifecycle, prepare
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
@@ -32,13 +33,23 @@ def node_client() -> Path:
 class NodeClient:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        self.upgrades = 0  # transport upgrades (long-polling to websocket), counted apart
 
     async def next(self, wait: float = 10.0) -> tuple[str, Any]:
         assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), wait)
-        assert line, "the node client exited"
-        message = json.loads(line)
-        return message["event"], message["data"]
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), wait)
+            assert line, "the node client exited"
+            message = json.loads(line)
+            if message["event"] != "upgrade":
+                return message["event"], message["data"]
+            assert message["data"] == "websocket"
+            self.upgrades += 1
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
 
     async def until(self, event: str) -> Any:
         while True:
@@ -48,12 +59,9 @@ class NodeClient:
             assert name not in ("connect_error", "disconnect", "error"), (name, data)
 
 
-async def start_client(
-    script: Path, url: str, tok: str, transport: str, more: str = ""
-) -> AsyncIterator[NodeClient]:
-    """``more``: further events to print, comma-separated (e.g. the presence events)."""
+async def start_client(script: Path, url: str, tok: str, transport: str) -> AsyncIterator[NodeClient]:
     process = await asyncio.create_subprocess_exec(
-        "node", str(script), url, tok, transport, more, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        "node", str(script), url, tok, transport, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         yield NodeClient(process)
@@ -76,8 +84,10 @@ async def test_real_socketio_client_connects_gets_connected_and_receives_booking
         url = f"http://127.0.0.1:{relay.http_port}"
         clients = start_client(node_client, url, token(settings, "mA", user="staff-1"), transport)
         async for client in clients:
-            assert await client.next() == ("connect", None)  # then `connected`, as from the NestJS gateway
+            # then `connected`, as from the NestJS gateway
+            assert await client.next() == ("connect", {"recovered": False})
             assert await client.next() == ("connected", {"userId": "staff-1", "merchantId": "mA"})
+            assert await client.next() == ("presence", {"online": [{"userId": "staff-1", "connections": 1}]})
             await insert(db_url, ("other", "mB"), ("b1", "mA"))
             name, data = await client.next()
             assert name == "booking_created"
@@ -102,9 +112,6 @@ async def test_real_socketio_client_with_a_bad_token_gets_connect_error(
             break
 
 
-PRESENCE_EVENTS = "presence,presence_joined,presence_left"
-
-
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_real_socketio_client_gets_presence_then_joins_and_leaves_across_two_relays(
     db_url: str, node_client: Path, transport: str
@@ -113,11 +120,11 @@ async def test_real_socketio_client_gets_presence_then_joins_and_leaves_across_t
     async with running(settings) as one, running(settings) as two:
         urls = [f"http://127.0.0.1:{relay.http_port}" for relay in (one, two)]
         ann_tok, bob_tok = token(settings, "mA", user="ann"), token(settings, "mA", user="bob")
-        async for ann in start_client(node_client, urls[0], ann_tok, transport, PRESENCE_EVENTS):
-            assert await ann.next() == ("connect", None)
+        async for ann in start_client(node_client, urls[0], ann_tok, transport):
+            assert await ann.next() == ("connect", {"recovered": False})
             assert await ann.next() == ("connected", {"userId": "ann", "merchantId": "mA"})
             assert await ann.next() == ("presence", {"online": [{"userId": "ann", "connections": 1}]})
-            async for bob in start_client(node_client, urls[1], bob_tok, transport, PRESENCE_EVENTS):
+            async for bob in start_client(node_client, urls[1], bob_tok, transport):
                 assert await bob.until("presence") is not None
                 assert await ann.next() == ("presence_joined", {"userId": "bob"})
                 break  # bob's client disconnects
@@ -125,4 +132,32 @@ async def test_real_socketio_client_gets_presence_then_joins_and_leaves_across_t
                 # (A polling client that exits at once may not get its CLOSE packet out; the
                 # server then notices it only at Engine.IO's ping timeout, 45 s later.)
                 assert await ann.next() == ("presence_left", {"userId": "bob"})
+            break
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+async def test_real_socketio_client_receives_an_attached_sources_events_by_their_names(
+    db_url: str, node_client: Path, table: Table
+) -> None:
+    await prepare(db_url, table)
+    settings = live_settings(db_url)
+    mine, theirs = table.merchants
+    key = table.keys[0]
+    async with running(settings) as relay:
+        url = f"http://127.0.0.1:{relay.http_port}"
+        async for client in start_client(node_client, url, token(settings, mine), "websocket"):
+            async for other in start_client(node_client, url, token(settings, theirs), "websocket"):
+                for each, merchant in ((client, mine), (other, theirs)):
+                    assert await each.until("connected") == {"userId": "u1", "merchantId": merchant}
+                    assert await each.next() == ("presence", {"online": [{"userId": "u1", "connections": 1}]})
+                await lifecycle(db_url, table, key, mine)
+                ids = await event_ids(db_url, table.entity)
+                assert [await client.next() for _ in ids] == [
+                    (table.channel("created"), table.created(key, mine, ids[0])),
+                    (table.channel("updated"), table.updated(key, mine, ids[1])),
+                    (table.channel("deleted"), table.deleted(key, mine, ids[2])),
+                ]
+                with pytest.raises(TimeoutError):  # merchant B's client gets none of A's
+                    await other.next(0.5)
+                break
             break

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from relay.events import Event
+from relay.events import BOOKING_SOURCE, Event, Source, Sources
 from relay.live.hub import Encoded, Hub, Interest, Sink
 
 
@@ -123,3 +123,31 @@ def test_room_messages_reach_only_counted_in_sinks_of_the_room_in_order_with_eve
     assert pending.written == ["1", "presence_joined:u2"]
     assert uncounted.written == ["1"]
     assert left_room.written == [] and other.written == []
+
+
+def test_interest_follows_the_catalog_and_leaving_one_event_keeps_sources_attached_later() -> None:
+    catalog = Sources()
+    interest = Interest("mA", catalog)
+    assert interest.subscribe("payment_created") is not None  # not attached (yet)
+    assert interest.unsubscribe("booking_updated") is None  # every event but this one
+    catalog.replace([BOOKING_SOURCE, Source("payment", "payments", "merchant_id", "id")])
+    assert interest.wants("payment_created") and not interest.wants("booking_updated")
+    assert interest.subscribe("booking_updated") is None  # back to every event
+    assert interest.wants("booking_updated") and interest.wants("payment_deleted")
+    narrow = Interest("mA", catalog)
+    assert narrow.subscribe("payment_created") is None
+    assert narrow.wants("payment_created") and not narrow.wants("payment_updated")
+    assert not narrow.wants("booking_created")
+
+
+def test_live_floor_skips_held_room_messages_which_have_no_position() -> None:
+    """A Socket.IO session's offset is just below its first held event, even when a room
+    message (no position) was held before it."""
+    hub, transport = Hub(), Recording()
+    sink = RecordingSink(hub, transport, "mA")
+    hub.join(sink)
+    sink.present = "u1"
+    hub.tell("mA", "presence_joined", {"userId": "u2"})
+    assert sink.live_floor(9) == 9
+    hub.publish([event(7), event(8)])
+    assert sink.live_floor(9) == 6

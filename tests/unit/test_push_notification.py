@@ -78,3 +78,32 @@ def test_urgency_is_high_only_for_new_bookings() -> None:
     assert urgency_for("booking_created") == "high"
     assert urgency_for("booking_updated") == "normal"
     assert urgency_for("booking_deleted") == "normal"
+
+
+def test_an_attached_source_gets_a_default_title_and_body_per_event() -> None:
+    base = {"id": "p_1", "merchantId": "m1", "eventId": 9}
+    created = json.loads(render("payment_created", {**base, "operation": "INSERT", "amount": 5}))
+    assert (created["title"], created["body"]) == ("New payment", "Payment p_1 was created")
+    assert (created["tag"], created["url"]) == ("payment-p_1", "/?payment=p_1")
+    one = {**base, "operation": "UPDATE", "changes": {"status": {"old": "PENDING", "new": "PAID"}}}
+    paid = json.loads(render("payment_updated", one))
+    assert (paid["title"], paid["body"]) == ("Payment updated", "Payment p_1: PAID")
+    two = {
+        **base,
+        "operation": "UPDATE",
+        "changes": {"status": {"old": "A", "new": "B"}, "cents": {"old": 1, "new": 2}},
+    }
+    assert json.loads(render("order_item_updated", two))["body"] == "Order item p_1: status B, cents 2"
+    gone = json.loads(render("order_item_deleted", {**base, "operation": "DELETE"}))
+    assert (gone["title"], gone["body"]) == ("Order item removed", "Order item p_1 was removed")
+    assert urgency_for("payment_created") == "high" and urgency_for("payment_updated") == "normal"
+
+
+def test_a_huge_change_is_cut_to_fit_like_any_seed_field() -> None:
+    changes = {"note": {"old": "x" * 50_000, "new": "y" * 50_000}}
+    data = {"id": "p_1", "merchantId": "m1", "operation": "UPDATE", "eventId": 9, "changes": changes}
+    encoded = render("payment_updated", data)
+    assert len(encoded) <= MAX_PLAINTEXT
+    note = json.loads(encoded)
+    assert note["title"] == "Payment updated" and note["body"].startswith("Payment p_1: yyy")
+    assert note["data"]["truncated"] is True and note["data"]["eventId"] == 9
