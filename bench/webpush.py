@@ -7,7 +7,7 @@ every POST. We measure
   push channel with its database lookups) for a burst of bookings committed at once,
   50 subscriptions each; the database is ``BENCH_DATABASE_URL`` or an embedded server;
 * sends/s through ``WebPushSender`` (render, aes128gcm encryption with pywebpush,
-  cached VAPID header, POST with a shared ``httpx.AsyncClient``) at a fixed concurrency;
+  cached VAPID header, POST with the shared aiohttp session) at a fixed concurrency;
 * the cost split (encrypt / sign / HTTP) from sequential sends, where the HTTP time is
   not inflated by other sends' encryption on the same event loop;
 * a bare loop of ``WebPusher.encode`` in the same run: the CPU floor of a send;
@@ -15,9 +15,7 @@ every POST. We measure
 
 ``python -m bench.webpush [--sends N] [--concurrency C] [--connections K]``
 
-Sends go through ``relay.egress.build_client`` (the SSRF-guarded client Relay uses).
-Note: httpcore's connection pool does O(connections^2) bookkeeping per request, so
-one big pool is slow; the guarded client spreads connections over several small pools.
+Sends go through ``relay.egress.build_client`` (the SSRF-guarded session Relay uses).
 """
 
 from __future__ import annotations
@@ -140,11 +138,12 @@ async def _cost_split(sender: WebPushSender, subs: list[Subscription], sends: in
         signed = time.perf_counter()
         request = sender.prepare(sub, "booking_created", DATA)
         prepared = time.perf_counter()
-        response = await sender.client.send(request)
+        async with sender.client.post(request.url, data=request.body, headers=request.headers) as response:
+            await response.read()
         spent["encrypt"] += encrypted - started
         spent["sign"] += signed - encrypted
         spent["http"] += time.perf_counter() - prepared
-        assert outcome_for(response).kind == "success", response.status_code
+        assert outcome_for(response.status, response.headers).kind == "success", response.status
     return {part: 1000 * seconds / max(sends, 1) for part, seconds in spent.items()}
 
 
@@ -297,7 +296,7 @@ def main() -> None:
     parser.add_argument("--sends", type=int, default=3000)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--concurrency", type=int, default=8, help="sends in flight")
-    parser.add_argument("--connections", type=int, default=8, help="httpx pool size")
+    parser.add_argument("--connections", type=int, default=8, help="connection pool size")
     args = parser.parse_args()
     for row in run(args.quick, args.sends, args.concurrency, args.connections):
         print(

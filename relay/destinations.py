@@ -6,6 +6,7 @@ value of ``relay.deliveries.channel`` (a column name kept from before this word)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
@@ -65,6 +66,12 @@ class Destination(Protocol):
     the store's ``<kind>_plan`` query)."""
 
     kind: ClassVar[str]
+
+    async def load(self, deliveries: Sequence[Delivery]) -> None:
+        """Read what sending a claimed batch needs (its endpoints, subscriptions) in one
+        query, before the sends start. An error here is not the deliveries': ``send``
+        reads what it does not find loaded."""
+        ...
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         """Make one attempt and say how it went.

@@ -38,7 +38,7 @@ from relay.aio import sleep_or_stop, wait_any
 from relay.db import TRANSIENT_ERRORS
 from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
-from relay.quota import Quota
+from relay.quota import AHEAD, Quota
 from relay.retry import FailureStreak, RetrySchedule, handback_delay, retrying
 from relay.store import Attempt, ClaimRoom, Store
 
@@ -141,7 +141,7 @@ class Dispatcher:
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
             failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
-                room = self._concurrency * 2 - len(self._held)
+                room = self._concurrency * AHEAD - len(self._held)
                 if room <= 0:
                     self._claim_wake.clear()
                     await wait_any(self._claim_wake, stop, timeout=self._poll)
@@ -192,12 +192,23 @@ class Dispatcher:
                     self._hosts.cap,
                 )
                 claimed = await self._store.claim(kind, limit - len(kept), self.worker_id, self._lease, room)
-                kept += self._take(claimed)
+                taken = self._take(claimed)
+                kept += taken
+                await self._load(kind, taken)
         except TRANSIENT_ERRORS:
             if not kept:
                 raise
             # What an earlier kind's claim committed is held here now: send it.
         return kept
+
+    async def _load(self, kind: str, taken: list[tuple[Delivery, Event]]) -> None:
+        """One read of what the batch's sends need; on a database error each send reads its own."""
+        if not taken:
+            return
+        try:
+            await self._destinations[kind].load([delivery for delivery, _ in taken])
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            logger.info("cannot load the %s destinations of a batch: %s", kind, exc)
 
     def _take(self, claimed: list[tuple[Delivery, Event]]) -> list[tuple[Delivery, Event]]:
         """Hold the claimed deliveries; hand straight back any over a cap (the claim already

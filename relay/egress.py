@@ -2,12 +2,15 @@
 
 Two checks. At registration, :func:`validate_url` refuses what can be refused from
 the URL alone: other schemes, credentials, and literal addresses in blocked ranges.
-At send time the shared client (:func:`build_client`) resolves the host name each
-time it opens a connection, refuses addresses that are not public unless they are in
-``RELAY_EGRESS_ALLOW``, and connects to the very address it checked: there is no
-second lookup that a rebinding DNS server could answer differently. TLS still sends
-SNI for, and verifies the certificate against, the URL's host name, because httpcore
-starts TLS on the stream we return with ``server_hostname`` set to that name.
+At send time the shared aiohttp session (:func:`build_client`) resolves the host name
+each time it opens a connection, through aiohttp's resolver extension point
+(:class:`GuardedResolver`), refuses addresses that are not public unless they are in
+``RELAY_EGRESS_ALLOW``, and hands the connector only the checked addresses, which it
+connects to: there is no second lookup that a rebinding DNS server could answer
+differently. Literal addresses in a URL never reach a resolver in aiohttp; the
+session's middleware checks them on every request. TLS still sends SNI for, and
+verifies the certificate against, the URL's host name: that is the ``hostname`` of
+each address the resolver returns.
 
 A pooled keep-alive connection is reused without a new lookup: it already goes to a
 checked address. Proxies from the environment are ignored (they would bypass this).
@@ -25,14 +28,15 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiodns
-import httpcore
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from relay.errors import RelayError
 
@@ -154,7 +158,8 @@ def validate_url(url: str, allow: Sequence[IPNetwork] = ()) -> str:
         raise EgressRefused("url port 0 is not valid")
     try:
         httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        URL(url)  # what the delivery session (aiohttp) parses
+    except (httpx.InvalidURL, ValueError) as exc:
         raise EgressRefused(f"url is not valid: {exc}") from None
     addr = literal_address(host)
     if addr is None and (host == "localhost" or host.endswith(".localhost")):
@@ -205,21 +210,28 @@ async def lookup(resolve: Resolver, host: str, port: int, seconds: float = DNS_T
         raise socket.gaierror(socket.EAI_AGAIN, f"no answer within {seconds:g} s") from None
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that resolves, checks, then connects to the checked address."""
+class _Unresolvable(OSError):
+    """A host name that did not resolve (aiohttp reports an ``OSError`` from its resolver
+    as a DNS error of the connection)."""
 
-    def __init__(
-        self,
-        allow: Iterable[IPNetwork] = (),
-        *,
-        resolver: Resolver,
-        dns_timeout: float = DNS_TIMEOUT,
-        backend: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver extension point, guarded: resolve, refuse what is not allowed,
+    and hand the connector only the checked addresses, which it then connects to.
+
+    aiohttp does not ask a resolver about literal IP addresses in a URL; the session's
+    middleware (:func:`build_client`) checks those with :meth:`check_literal`.
+    """
+
+    def __init__(self, allow: Iterable[IPNetwork] = (), *, resolver: Resolver, dns_timeout: float) -> None:
         self._allow = tuple(allow)
         self._resolve = resolver
         self._dns_timeout = dns_timeout
-        self._backend = backend or httpcore.AnyIOBackend()
+
+    def check_literal(self, host: str) -> None:
+        literal = literal_address(host)
+        if literal is not None:
+            check_address(literal, self._allow, host)
 
     async def addresses(self, host: str, port: int) -> list[str]:
         """The checked addresses to try for ``host``; raise ``EgressRefused`` if none is allowed."""
@@ -230,7 +242,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         try:
             resolved = await lookup(self._resolve, host, port, self._dns_timeout)
         except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+            raise _Unresolvable(socket.EAI_NONAME, f"cannot resolve {host}: {exc}") from exc
         allowed: list[str] = []
         refusal: EgressRefused | None = None
         for text in resolved:
@@ -240,112 +252,43 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             except EgressRefused as exc:
                 refusal = refusal or exc
         if not allowed:
-            raise refusal or httpcore.ConnectError(f"{host} resolves to no address")
+            raise refusal or _Unresolvable(socket.EAI_NONAME, f"{host} resolves to no address")
         return allowed
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        last: Exception | None = None
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results: list[ResolveResult] = []
         for address in await self.addresses(host, port):
-            try:
-                return await self._backend.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+            results.append(
+                {
+                    "hostname": host,  # TLS: SNI and certificate checks use the URL's name
+                    "host": address,
+                    "port": port,
+                    "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                    "proto": 0,
+                    "flags": socket.AI_NUMERICHOST,
+                }
+            )
+        return results
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise EgressRefused("unix sockets are not a destination")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
+    async def close(self) -> None:
+        return None
 
 
-class _GuardedPool(httpx.AsyncHTTPTransport):
-    """httpx's default transport with its connection pool on a :class:`GuardedBackend`.
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, closing the name-server client it was given to own."""
 
-    httpx 0.28 offers no public parameter for the network backend (encode/httpx#3749),
-    so the pool is rebuilt with the same settings and our backend.
-    """
+    def __init__(self, own: SystemResolver | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._own = own
 
-    def __init__(self, backend: GuardedBackend, *, limits: httpx.Limits, ssl_context: ssl.SSLContext) -> None:
-        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=backend,
-        )
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """The SSRF-guarded transport, spread over several connection pools.
-
-    httpcore's pool does work proportional to its open connections for every request,
-    which makes one large pool slow at a few hundred concurrent requests; requests are
-    spread over ``shards`` smaller pools by destination (scheme, host, port and path),
-    so an endpoint's keep-alive connections stay in one of them. Each shard may open up
-    to ``max_connections`` (its idle keep-alive connections are its share of them): a
-    destination that holds its connections open without answering must not leave the
-    other destinations hashed to its shard waiting for one. The caller bounds how many
-    requests are in flight.
-
-    Without a ``resolver`` the transport asks the system's name servers through its own
-    :class:`SystemResolver`, closed with it.
-    """
-
-    def __init__(
-        self,
-        allow: Iterable[IPNetwork] = (),
-        *,
-        limits: httpx.Limits,
-        verify: ssl.SSLContext | bool = True,
-        resolver: Resolver | None = None,
-        dns_timeout: float = DNS_TIMEOUT,
-        shards: int = 16,
-    ) -> None:
-        self._own_resolver: SystemResolver | None = None
-        if resolver is None:
-            resolver = self._own_resolver = SystemResolver()
-        backend = GuardedBackend(allow, resolver=resolver, dns_timeout=dns_timeout)
-        per_shard = httpx.Limits(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=max(1, -(-(limits.max_keepalive_connections or 512) // shards)),
-            keepalive_expiry=limits.keepalive_expiry,
-        )
-        context = (
-            verify
-            if isinstance(verify, ssl.SSLContext)
-            else httpx.create_ssl_context(verify, trust_env=False)
-        )
-        self._shards = [_GuardedPool(backend, limits=per_shard, ssl_context=context) for _ in range(shards)]
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        key = b"%s|%s|%d|%s" % (url.raw_scheme, url.raw_host, url.port or 0, url.raw_path.split(b"?")[0])
-        return await self._shards[zlib.crc32(key) % len(self._shards)].handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-        if self._own_resolver is not None:
-            await self._own_resolver.aclose()
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        await super().close(abort_ssl=abort_ssl)
+        if self._own is not None:
+            own, self._own = self._own, None
+            await own.aclose()
 
 
 def build_client(
@@ -356,17 +299,41 @@ def build_client(
     verify: ssl.SSLContext | bool = True,
     resolver: Resolver | None = None,
     dns_timeout: float = DNS_TIMEOUT,
-) -> httpx.AsyncClient:
-    """The shared outgoing client: SSRF-guarded, no redirects, no environment proxies."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=30.0
+) -> aiohttp.ClientSession:
+    """The shared outgoing session (aiohttp): SSRF-guarded, no redirects, no environment
+    proxies, no cookies, bodies as sent (no decompression).
+
+    Every new connection is resolved again (no DNS cache) through :class:`GuardedResolver`;
+    a keep-alive connection is reused without a lookup, as it goes to a checked address.
+    Without a ``resolver`` the session asks the system's name servers through its own
+    :class:`SystemResolver`, closed with it. Redirects: pass ``allow_redirects=False`` on
+    each request (aiohttp has no session-wide switch); the senders do.
+    """
+    own = SystemResolver() if resolver is None else None
+    guard = GuardedResolver(allow, resolver=resolver or own or SystemResolver(), dns_timeout=dns_timeout)
+
+    async def check_literal(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        guard.check_literal(request.url.raw_host or "")
+        return await handler(request)
+
+    connector = _Connector(
+        own,
+        resolver=guard,
+        use_dns_cache=False,
+        limit=max_connections,
+        limit_per_host=0,
+        keepalive_timeout=30.0,
+        ssl=verify,
     )
-    return httpx.AsyncClient(
-        transport=GuardedTransport(
-            allow, limits=limits, verify=verify, resolver=resolver, dns_timeout=dns_timeout
-        ),
-        timeout=timeout,
-        follow_redirects=False,
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
         trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
         headers={"user-agent": "relay-webhooks/1"},
+        middlewares=(check_literal,),
     )
+    return session

@@ -30,9 +30,16 @@ CONTEXT_KEYS = (
 )
 # Libraries that log what clients sent or where Relay sends: they get the filter on their
 # own loggers too, so it holds under any handler (an embedding application's, pytest's).
-LIBRARY_LOGGERS = ("uvicorn.error", "uvicorn.access", "engineio.server", "socketio.server", "httpx")
+LIBRARY_LOGGERS = (
+    "uvicorn.error",
+    "uvicorn.access",
+    "engineio.server",
+    "socketio.server",
+    "httpx",
+    "aiohttp.client",
+)
 # Loggers whose lines carry the URLs of Relay's own outgoing requests.
-OUTGOING = ("httpx", "httpcore")
+OUTGOING = ("httpx", "httpcore", "aiohttp.client")
 
 REDACTED = "[redacted]"
 _NAMES = r"(?:access_?token|token|jwt|auth|authorization|password|secret|api_?key)"

@@ -8,16 +8,17 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+AHEAD = 2
 
 
 class Quota(Generic[K]):
     """Sends in flight per key, at most ``limit``; and the deliveries this process holds per
-    key, at most ``cap`` (twice the limit, so the next ones are claimed while the first are
-    sent). Claims take no more than a key's room."""
+    key (claimed and not yet recorded), at most ``cap`` (``AHEAD`` times the limit, so the
+    next ones are claimed while the first are sent). Claims take no more than a key's room."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.cap = limit * 2
+        self.cap = limit * AHEAD
         self.held: Counter[K] = Counter()
         self._slots: dict[K, asyncio.Semaphore] = {}
 

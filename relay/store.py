@@ -291,6 +291,11 @@ class Store:
             row: asyncpg.Record | None = await conn.fetchrow(q("webhook_endpoint"), endpoint_id)
         return row
 
+    async def endpoints_by_id(self, endpoint_ids: Sequence[int]) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(q("webhook_endpoints_by_id"), list(endpoint_ids))
+        return rows
+
     async def delete_endpoint(self, endpoint_id: int, merchant_id: str) -> bool:
         """Remove a merchant's endpoint, cancelling its pending deliveries; False if none."""
         async with self._conn() as conn:
@@ -328,6 +333,13 @@ class Store:
         async with self._conn() as conn:
             row: asyncpg.Record | None = await conn.fetchrow(q("push_subscription"), subscription_id)
         return row
+
+    async def subscriptions(self, subscription_ids: Sequence[int]) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                q("push_subscriptions_by_id"), list(subscription_ids)
+            )
+        return rows
 
     async def upsert_subscription(
         self,

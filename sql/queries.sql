@@ -211,12 +211,20 @@ JOIN relay.webhook_endpoints w
       OR regexp_replace(e.channel, '_(created|updated|deleted)$', '_*') = ANY (w.events))
  AND w.created_at <= e.created_at
 WHERE e.position > $1 AND e.position <= $2
+-- Event by event (ids follow), so a claim's first candidates span every target of a burst.
+ORDER BY e.position, w.id
 ON CONFLICT (event_id, channel, target_id) DO NOTHING;
 
 -- name: webhook_endpoint
 SELECT id, merchant_id, url, events, secret, previous_secret, previous_secret_expires_at,
        enabled, disabled_reason, failing_since
 FROM relay.webhook_endpoints WHERE id = $1;
+
+-- name: webhook_endpoints_by_id
+-- The endpoints of a claimed batch, read at once.
+SELECT id, merchant_id, url, events, secret, previous_secret, previous_secret_expires_at,
+       enabled, disabled_reason, failing_since
+FROM relay.webhook_endpoints WHERE id = ANY ($1::bigint[]);
 
 -- name: webhook_merchant_lock
 -- Held until the transaction ends: registrations of one merchant happen one at a time,
@@ -298,12 +306,19 @@ WHERE e.position > $1 AND e.position <= $2
   AND (s.expiration_time IS NULL OR s.expiration_time > now())
   AND (s.channels IS NULL OR e.channel = ANY (s.channels)
        OR regexp_replace(e.channel, '_(created|updated|deleted)$', '_*') = ANY (s.channels))
+ORDER BY e.position, s.id
 ON CONFLICT DO NOTHING;
 
 -- name: push_subscription
 SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
        failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
 FROM relay.push_subscriptions WHERE id = $1;
+
+-- name: push_subscriptions_by_id
+-- The subscriptions of a claimed batch, read at once.
+SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
+       failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
+FROM relay.push_subscriptions WHERE id = ANY ($1::bigint[]);
 
 -- name: push_subscription_lock
 -- Held until the transaction ends: one merchant's subscriptions change one at a time, so

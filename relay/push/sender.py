@@ -1,16 +1,18 @@
-"""Web Push (RFC 8030/8291/8292): encrypt with pywebpush, sign with py-vapid, POST with httpx."""
+"""Web Push (RFC 8030/8291/8292): encrypt with pywebpush, sign with py-vapid, POST with the
+shared SSRF-guarded aiohttp session (``relay.egress.build_client``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+import aiohttp
 import asyncpg
-import httpx
 from py_vapid import VapidException
 from pywebpush import WebPusher, WebPushException
 
@@ -28,6 +30,7 @@ DEFAULT_TTL = 24 * 3600  # seconds a push service keeps a message for an offline
 PER_ORIGIN = 64
 SEND_TIMEOUT = 15.0  # seconds a push service has to answer, however it trickles
 _RETRY_STATUSES = frozenset({408, 425, 429})
+LOADED_SECONDS = 2.0  # a subscription read with its batch is used if its send starts within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +47,25 @@ class Subscription:
         return {"endpoint": self.endpoint, "keys": {"p256dh": self.p256dh, "auth": self.auth}}
 
 
-def outcome_for(response: httpx.Response) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """An encrypted, signed notification, ready to POST."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def outcome_for(status: int, headers: Mapping[str, str], text: str = "") -> Outcome:
     """The push service's answer, decided in one place (DESIGN.md "Web Push")."""
-    status = response.status_code
     if 200 <= status < 300:
         return Outcome.success(status)
-    reason = response.text.strip()[:300]
+    reason = text.strip()[:300]
     detail = f"push service answered {status}" + (f": {reason}" if reason else "")
     if status in (404, 410):
         return Outcome("gone", status, detail)
     if status in _RETRY_STATUSES or status >= 500:
-        return Outcome("retry", status, detail, parse_retry_after(response.headers.get("retry-after")))
+        return Outcome("retry", status, detail, parse_retry_after(headers.get("retry-after")))
     return Outcome("permanent", status, detail)  # 400, 403, 413 and anything unexpected
 
 
@@ -63,7 +74,7 @@ class WebPushSender:
     """Sends one notification to one subscription; knows nothing of the database."""
 
     signer: VapidSigner
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     ttl: int = DEFAULT_TTL
     # Requests in flight per push service and process: enough to hide a push service's
     # round trip (64 / 50 ms = 1280/s), few enough not to flood it or the connection pool.
@@ -85,7 +96,7 @@ class WebPushSender:
         body: bytes = encoded["body"]
         return body
 
-    def prepare(self, subscription: Subscription, channel: str, data: Mapping[str, Any]) -> httpx.Request:
+    def prepare(self, subscription: Subscription, channel: str, data: Mapping[str, Any]) -> PushRequest:
         """Encrypt and sign: the request to POST to the subscription's endpoint."""
         body = self.encrypt(subscription, channel, data)
         headers = {
@@ -98,7 +109,7 @@ class WebPushSender:
         booking_id = data.get("id")
         if isinstance(booking_id, str) and booking_id:
             headers["Topic"] = topic_for(booking_id)
-        return self.client.build_request("POST", subscription.endpoint, content=body, headers=headers)
+        return PushRequest(subscription.endpoint, body, headers)
 
     async def send(self, subscription: Subscription, channel: str, data: Mapping[str, Any]) -> Outcome:
         try:
@@ -108,17 +119,26 @@ class WebPushSender:
         async with self._gate(subscription.endpoint):
             return await self._post(request)
 
-    async def _post(self, request: httpx.Request) -> Outcome:
+    async def _post(self, request: PushRequest) -> Outcome:
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self.client.send(request)
+                async with self.client.post(
+                    request.url,
+                    data=request.body,
+                    headers=request.headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                ) as response:
+                    text = ""
+                    if not 200 <= response.status < 300:
+                        text = (await response.content.read(2048)).decode("utf-8", "replace")
+                    return outcome_for(response.status, response.headers, text)
         except TimeoutError:
             return Outcome("retry", None, f"push service did not answer within {self.timeout:g} s")
         except EgressRefused as exc:  # the destination resolves to a blocked address: retried
             return Outcome("retry", None, str(exc))
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             return Outcome("retry", None, f"{type(exc).__name__}: {exc}")
-        return outcome_for(response)
 
 
 class WebPushDestination:
@@ -129,10 +149,26 @@ class WebPushDestination:
     def __init__(self, store: Store, sender: WebPushSender) -> None:
         self._store = store
         self.sender = sender
+        # Rows read for a claimed batch (with when), each used once by its delivery's send.
+        self._loaded: dict[int, tuple[float, asyncpg.Record | None]] = {}
+
+    async def load(self, deliveries: Sequence[Delivery]) -> None:
+        """Read the subscriptions of a claimed batch in one query."""
+        ids = sorted({d.destination_id for d in deliveries})
+        rows = {row["id"]: row for row in await self._store.subscriptions(ids)}
+        if len(self._loaded) > 10_000:
+            self._loaded.clear()
+        now = time.monotonic()
+        for subscription_id in ids:
+            self._loaded[subscription_id] = (now, rows.get(subscription_id))
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         log = {**delivery.log, "subscription_id": delivery.destination_id}
-        row = await self._store.subscription(delivery.destination_id)
+        loaded = self._loaded.pop(delivery.destination_id, None)
+        if loaded is not None and loaded[0] > time.monotonic() - LOADED_SECONDS:
+            row = loaded[1]
+        else:
+            row = await self._store.subscription(delivery.destination_id)
         if row is None:
             return Outcome("permanent", None, "subscription removed")
         if row["gone_since"] is not None:

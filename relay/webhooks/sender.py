@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import ClassVar
 
+import aiohttp
 import asyncpg
-import httpx
 
 from relay.destinations import Delivery, Outcome
 from relay.egress import EgressRefused
@@ -54,7 +55,7 @@ class Endpoint:
         )
 
 
-def outcome_for(status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+def outcome_for(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     """The one place that maps a receiver's answer to an outcome."""
     if 200 <= status < 300:
         return Outcome.success(status)
@@ -76,7 +77,7 @@ class WebhookDestination:
     def __init__(
         self,
         store: Store,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         stop: asyncio.Event | None = None,
@@ -95,10 +96,29 @@ class WebhookDestination:
             return cached[1]
         row = await self._store.endpoint(endpoint_id)
         endpoint = Endpoint.from_row(row, datetime.now(UTC)) if row is not None else None
+        self._remember(endpoint_id, endpoint, now)
+        return endpoint
+
+    def _remember(self, endpoint_id: int, endpoint: Endpoint | None, now: float) -> None:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[endpoint_id] = (now + CACHE_SECONDS, endpoint)
-        return endpoint
+
+    async def load(self, deliveries: Sequence[Delivery]) -> None:
+        """Read the endpoints of a claimed batch that are not cached, in one query."""
+        now = time.monotonic()
+        wanted = {
+            d.destination_id
+            for d in deliveries
+            # read again what expires before its send could start
+            if (cached := self._cache.get(d.destination_id)) is None or cached[0] <= now + CACHE_SECONDS / 2
+        }
+        if not wanted:
+            return
+        rows = await self._store.endpoints_by_id(sorted(wanted))
+        found = {row["id"]: Endpoint.from_row(row, datetime.now(UTC)) for row in rows}
+        for endpoint_id in wanted:
+            self._remember(endpoint_id, found.get(endpoint_id), now)
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         # A database error here propagates: the dispatcher hands the delivery back
@@ -117,20 +137,25 @@ class WebhookDestination:
     async def _post(self, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> Outcome:
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._client.stream(
-                    "POST", endpoint.url, content=body, headers=headers, timeout=self._timeout
+                async with self._client.post(
+                    endpoint.url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self._timeout),
                 ) as response:
                     received = bytearray()
-                    async for chunk in response.aiter_raw():
-                        received += chunk
-                        if len(received) >= BODY_CAP:
+                    while len(received) < BODY_CAP:
+                        chunk = await response.content.read(BODY_CAP - len(received))
+                        if not chunk:
                             break
-                    return outcome_for(response.status_code, response.headers, bytes(received))
+                        received += chunk
+                    return outcome_for(response.status, response.headers, bytes(received))
         except EgressRefused as exc:
             return Outcome("retry", None, f"refused: {exc}")
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             return Outcome("retry", None, f"timed out after {self._timeout:g} s")
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             return Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:300])
 
     async def _track_streak(self, endpoint: Endpoint, outcome: Outcome) -> None:

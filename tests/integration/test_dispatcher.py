@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 from typing import ClassVar
 
 import asyncpg
@@ -39,6 +40,9 @@ class FakeDestination:
         self.release_slow = asyncio.Event()
         self.fail_db_first = False
         self.slow_endpoint = 0
+
+    async def load(self, deliveries: Sequence[Delivery]) -> None:
+        return None
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         self.calls[delivery.id] += 1

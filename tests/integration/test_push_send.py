@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-import httpx
 import pytest
 
 from relay.db import create_pool
 from relay.destinations import Delivery
+from relay.egress import build_client
 from relay.events import Event
 from relay.push.notification import topic_for
 from relay.push.sender import WebPushDestination, WebPushSender
@@ -22,6 +22,7 @@ from relay.push.vapid import VapidSigner, generate_key_pair
 from relay.store import Store, q
 from tests.conftest import make_settings
 from tests.pushservice import Browser, LocalPushService, verify_vapid
+from tests.webhook_receiver import LOOPBACK
 
 PRIVATE, PUBLIC = generate_key_pair()
 SUBJECT = "mailto:ops@example.com"
@@ -80,7 +81,7 @@ async def env(db_url: str) -> AsyncIterator[Env]:
     pool = await create_pool(db_url)
     conn = await asyncpg.connect(db_url)
     try:
-        async with httpx.AsyncClient(timeout=5) as client, LocalPushService().running() as service:
+        async with build_client(LOOPBACK, timeout=5) as client, LocalPushService().running() as service:
             sender = WebPushSender(VapidSigner.from_settings(settings), client)
             store = Store(pool)
             yield Env(WebPushDestination(store, sender), store, service, conn)

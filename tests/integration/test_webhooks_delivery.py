@@ -133,3 +133,34 @@ async def test_events_committed_before_the_first_relay_start_are_delivered(db_ur
     finally:
         await conn.close()
     assert got == ["early1", "early2"]
+
+
+async def test_a_claimed_batch_reads_its_endpoints_in_one_query_not_one_per_delivery(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    one, batch = Store.endpoint, Store.endpoints_by_id
+
+    async def read_one(self: Store, endpoint_id: int) -> object:
+        reads.append("one")
+        return await one(self, endpoint_id)
+
+    async def read_batch(self: Store, endpoint_ids: list[int]) -> object:
+        reads.append("batch")
+        return await batch(self, endpoint_ids)
+
+    monkeypatch.setattr(Store, "endpoint", read_one)
+    monkeypatch.setattr(Store, "endpoints_by_id", read_batch)
+    settings = make_settings(db_url, egress_allow=ALLOW)
+    async with running() as receiver, app.start(settings, serve_http=False) as relay:
+        assert relay.dispatcher is not None
+        await relay.dispatcher.started.wait()
+        for i in range(10):
+            await add_endpoint(
+                relay.store, merchant_id="m1", url=receiver.url(f"/e{i}"), allow=settings.egress_allow
+            )
+        await write_bookings(db_url, booking("b1", "m1"))
+        got = [await receiver.get() for _ in range(10)]
+    assert len(got) == 10
+    # ten deliveries, claimed together: one read of their ten endpoints
+    assert reads == ["batch"]

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import threading
 
-import httpx
+import aiohttp
 import pytest
 
 from relay.egress import EgressRefused, SystemResolver, blocked_reason, build_client, validate_url
@@ -86,7 +86,7 @@ def test_public_addresses_are_not_blocked_and_mapped_forms_are() -> None:
 async def test_send_time_refuses_blocked_literals(url: str) -> None:
     async with build_client() as client:
         with pytest.raises(EgressRefused):
-            await client.post(url, content=b"{}")
+            await client.post(url, data=b"{}")
 
 
 async def test_send_time_refuses_a_host_name_resolving_to_a_private_address() -> None:
@@ -95,7 +95,7 @@ async def test_send_time_refuses_a_host_name_resolving_to_a_private_address() ->
 
     async with build_client(resolver=rebinding) as client:
         with pytest.raises(EgressRefused, match=r"hooks\.example\.com resolves to 10\.1\.2\.3"):
-            await client.post("https://hooks.example.com/hook", content=b"{}")
+            await client.post("https://hooks.example.com/hook", data=b"{}")
 
 
 async def test_send_time_refuses_localhost_by_name_unless_allow_listed() -> None:
@@ -103,9 +103,9 @@ async def test_send_time_refuses_localhost_by_name_unless_allow_listed() -> None
         url = f"http://localhost:{receiver.port}/hook"
         async with build_client() as client:
             with pytest.raises(EgressRefused, match="loopback"):
-                await client.post(url, content=b"{}")
-        async with build_client(LOOPBACK) as client:
-            assert (await client.post(url, content=b"{}")).status_code == 204
+                await client.post(url, data=b"{}")
+        async with build_client(LOOPBACK) as client, client.post(url, data=b"{}") as response:
+            assert response.status == 204
 
 
 async def test_connects_to_the_checked_address_without_a_second_lookup() -> None:
@@ -119,22 +119,22 @@ async def test_connects_to_the_checked_address_without_a_second_lookup() -> None
         # "rebind.invalid" resolves nowhere but in our resolver: the request can only
         # arrive if the connection went to the address the guard checked.
         async with build_client(LOOPBACK, resolver=resolver) as client:
-            response = await client.post(f"http://rebind.invalid:{receiver.port}/hook", content=b"{}")
-        assert response.status_code == 204
+            async with client.post(f"http://rebind.invalid:{receiver.port}/hook", data=b"{}") as response:
+                status = response.status
+        assert status == 204
         item = await receiver.get()
         assert item.headers["host"] == f"rebind.invalid:{receiver.port}"
         assert lookups == ["rebind.invalid"]
 
 
-async def test_redirects_are_not_followed_and_environment_proxies_are_ignored(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_environment_proxies_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Redirects: aiohttp has no session-wide switch; both senders pass allow_redirects=False
+    # (tests/integration/test_webhooks_retries.py proves a redirect is not followed).
     monkeypatch.setenv("HTTP_PROXY", "http://10.9.9.9:3128")
     async with build_client() as client:
-        assert client.follow_redirects is False
+        assert client.trust_env is False
         with pytest.raises(EgressRefused):  # not a proxy error: the guard saw the real destination
-            await client.post("http://10.0.0.1/", content=b"")
-    assert isinstance(client, httpx.AsyncClient)
+            await client.post("http://10.0.0.1/", data=b"")
 
 
 async def test_a_lookup_that_never_answers_is_abandoned_after_the_dns_timeout() -> None:
@@ -145,9 +145,9 @@ async def test_a_lookup_that_never_answers_is_abandoned_after_the_dns_timeout() 
     async with build_client(LOOPBACK, resolver=name_server_that_never_answers, dns_timeout=0.2) as client:
         async with asyncio.timeout(10):  # without the DNS timeout, the request waits for an hour
             with pytest.raises(
-                httpx.ConnectError, match=r"cannot resolve silent\.test: .*no answer within 0\.2 s"
+                aiohttp.ClientConnectorError, match=r"cannot resolve silent\.test: .*no answer within 0\.2 s"
             ):
-                await client.post("http://silent.test/hook", content=b"{}")
+                await client.post("http://silent.test/hook", data=b"{}")
 
 
 async def test_system_lookups_never_wait_for_the_default_executor() -> None:
@@ -165,3 +165,19 @@ async def test_system_lookups_never_wait_for_the_default_executor() -> None:
         await asyncio.gather(*blockers)
         await resolver.aclose()
     assert "127.0.0.1" in addresses
+
+
+async def test_a_cookie_one_receiver_sets_is_never_sent_to_any_destination() -> None:
+    # Receivers of different merchants can share a host: a cookie one of them sets must
+    # not travel with the next merchant's deliveries (or a later one to itself).
+    from starlette.responses import Response
+
+    async def set_cookie(_item: object) -> Response:
+        return Response(status_code=204, headers={"set-cookie": "session=planted; Path=/"})
+
+    async with running(set_cookie) as receiver, build_client(LOOPBACK) as client:
+        for path in ("/merchant-a", "/merchant-b"):
+            async with client.post(receiver.url(path), data=b"{}") as response:
+                assert response.status == 204
+        first, second = await receiver.get(), await receiver.get()
+    assert "cookie" not in first.headers and "cookie" not in second.headers

@@ -6,7 +6,7 @@ import datetime
 import ssl
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,10 +56,10 @@ async def test_tls_verifies_the_certificate_against_the_host_name_not_the_checke
     try:
         trust = ssl.create_default_context(cafile=str(cert))
         async with build_client(LOOPBACK, resolver=resolver, verify=trust) as client:
-            response = await client.post(f"https://hooks.test:{receiver.port}/hook", content=b"{}")
-            assert response.status_code == 204
+            async with client.post(f"https://hooks.test:{receiver.port}/hook", data=b"{}") as response:
+                assert response.status == 204
             # Same address, other name: the certificate does not match it, so TLS fails.
-            with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
-                await client.post(f"https://other.test:{receiver.port}/hook", content=b"{}")
+            with pytest.raises(aiohttp.ClientConnectorError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+                await client.post(f"https://other.test:{receiver.port}/hook", data=b"{}")
     finally:
         await receiver.stop()
