@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from relay.egress import Resolver, SystemResolver, build_client
 from relay.events import Event, Sources
 from relay.feed import Feed
 from relay.listener import Listener
-from relay.live import polling, websocket
+from relay.live import polling, presence, websocket
 from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Hub
 from relay.live.recovery import Recovery
 from relay.live.socketio import Gateway
@@ -61,6 +62,7 @@ class Services:
     verifier: TokenVerifier | None  # None: token routes answer 503 (no JWT key)
     signer: VapidSigner | None  # None: Web Push is off (no VAPID key)
     gateway: Gateway
+    presence: presence.Presence
     resolver: Resolver  # host name lookups: outgoing requests, the routes' checks of a destination
 
 
@@ -76,15 +78,24 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
     sources = Sources()  # kept current by the listener
     hub = Hub(sources)
     feed = Feed(store, reconcile_interval=settings.reconcile_interval)
+    # A fixed port names the process's slot; port 0 (any free port) has none.
+    slot = f"{socket.gethostname()}:{settings.http_port}" if settings.http_port else None
+    online = presence.Presence(store, hub, lease=settings.presence_lease, slot=slot)
+
+    def connected() -> None:
+        feed.wake()
+        online.resync()
+
     listener = Listener(
         settings.listen_url,
         sources=sources,
         load_sources=store.sources,
         on_notify=feed.notified,
-        on_connect=feed.wake,
+        on_connect=connected,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,
+        others={presence.CHANNEL: online.notified},
     )
 
     async def live_position() -> int:
@@ -100,8 +111,9 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         store=store,
         recovery=Recovery.keyed_by(settings.jwt_secret or settings.jwt_public_key or ""),
         position=live_position,
+        presence=online,
     )
-    return Services(settings, store, hub, feed, listener, verifier, signer, gateway, resolver)
+    return Services(settings, store, hub, feed, listener, verifier, signer, gateway, online, resolver)
 
 
 def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
@@ -115,7 +127,8 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
         *webhook_routes.routes(
             s.store, s.verifier, settings.egress_allow, settings.webhook_endpoints_per_merchant
         ),
-        *websocket.routes(s.hub, s.store, s.verifier, settings.allowed_origins),
+        *websocket.routes(s.hub, s.store, s.verifier, settings.allowed_origins, s.presence),
+        *presence.routes(s.presence, s.verifier),
         *polling.routes(s.store, s.verifier, s.feed.caught_up),
         *extra_routes,
     ]
@@ -164,6 +177,7 @@ class Relay:
     dispatcher: Dispatcher
     push: WebPushDestination | None
     http_port: int | None
+    presence: presence.Presence
 
 
 def log_events(events: Sequence[Event]) -> None:
@@ -259,6 +273,7 @@ async def start(
             loops = [
                 tasks.create_task(_after(dispatcher.started, stop, feed.run(stop)), name="relay-feed"),
                 tasks.create_task(listener.run(stop), name="relay-listener"),
+                tasks.create_task(services.presence.run(stop), name="relay-presence"),
                 tasks.create_task(dispatcher.plan_loop(stop), name="relay-dispatch-plan"),
                 tasks.create_task(dispatcher.deliver_loop(stop), name="relay-dispatch-deliver"),
             ]
@@ -269,7 +284,9 @@ async def start(
                     await asyncio.sleep(0.01)
                 http_port = server.servers[0].sockets[0].getsockname()[1]
             try:
-                yield Relay(settings, pool, store, feed, listener, hub, dispatcher, push, http_port)
+                yield Relay(
+                    settings, pool, store, feed, listener, hub, dispatcher, push, http_port, services.presence
+                )
             finally:
                 stop.set()
                 if server is not None:

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     # How long a claimed delivery stays with one process without a renewal; a process
     # that dies holding deliveries loses them to the others after at most this long.
     delivery_lease: float = Field(default=25.0, gt=0, le=30.0)
+    presence_lease: float = Field(default=10.0, ge=1.0, le=12.0)
     webhook_timeout: float = Field(default=15.0, gt=0)
     # Fairness between tenants: how many of the sender's concurrent sends one merchant, and
     # one destination host, may hold; and how long a DNS lookup may take before the send

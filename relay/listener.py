@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import asyncpg
 
@@ -45,6 +45,8 @@ class Listener:
     after every (re)connection, once LISTEN is in place, and whenever new event names
     are listened to, so the caller can run a reconciliation pass for whatever was
     committed while nobody listened. ``sources`` is the catalog it keeps current.
+    ``others`` maps further channels to the callback that takes their payloads (it must
+    only enqueue).
     """
 
     def __init__(
@@ -58,7 +60,9 @@ class Listener:
         probe_interval: float = 2.0,
         probe_timeout: float = 2.0,
         max_delay: float = 10.0,
+        others: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
+        self._others = dict(others or {})
         self._dsn = dsn
         self.sources = sources
         self._load_sources = load_sources
@@ -127,6 +131,8 @@ class Listener:
         lost, changed = asyncio.Event(), asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(SOURCES_CHANNEL, lambda *_: changed.set())
+        for channel, callback in self._others.items():
+            await conn.add_listener(channel, lambda _c, _p, _ch, payload, take=callback: take(payload))
         listening: set[str] = set()
         await self._follow_sources(conn, listening)
         self.backend_pid = conn.get_server_pid()
@@ -136,7 +142,8 @@ class Listener:
             metrics.listener_reconnects.inc()
             logger.info("listener reconnected (backend pid %s)", self.backend_pid)
         else:
-            logger.info("listening on %s (backend pid %s)", ", ".join(sorted(listening)), self.backend_pid)
+            channels = ", ".join(sorted([*listening, *self._others]))
+            logger.info("listening on %s (backend pid %s)", channels, self.backend_pid)
         self._on_connect()
         probe = Store(conn)
         clock = asyncio.get_running_loop().time

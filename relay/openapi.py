@@ -19,6 +19,7 @@ from pydantic.json_schema import models_json_schema
 from relay.http import Health, NotReady, Ready
 from relay.http_auth import MAX_BODY, Error, ValidationError
 from relay.live.polling import EventPage, EventsQuery
+from relay.live.presence import Online
 from relay.push.routes import SubscriptionStored, VapidPublicKey
 from relay.push.subscriptions import EndpointIn, SubscriptionIn
 from relay.webhooks.routes import (
@@ -152,6 +153,15 @@ OPERATIONS = (
         {"200": (EventPage, "A page of events.")},
         ("400", *TOKEN_ERRORS),
         query=EventsQuery,
+        token=True,
+    ),
+    Operation(
+        "get",
+        "/presence",
+        "presence",
+        "Which users of the token's merchant are online, across every relay process.",
+        {"200": (Online, "Who is online.")},
+        TOKEN_ERRORS,
         token=True,
     ),
     Operation(

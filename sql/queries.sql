@@ -398,6 +398,54 @@ WITH pruned AS (
 )
 SELECT count(*) FROM pruned;
 
+-- ---------------------------------------------------------------- presence
+
+-- name: presence_register
+-- Take or renew a process's presence lease; true when its row was missing (a new process,
+-- or one whose lease ran out and whose counts another process removed).
+INSERT INTO relay.presence_processes (process_id, lease_until, slot)
+VALUES ($1, now() + make_interval(secs => $2), $3)
+ON CONFLICT (process_id) DO UPDATE SET lease_until = EXCLUDED.lease_until
+RETURNING xmax = 0 AS registered;
+
+-- name: presence_flush
+-- One process's connection counts per (merchant, user), absolute (0: none left), in one
+-- statement, and the notifications naming the merchants (sent at commit).
+WITH changes AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::int[]) AS c(merchant_id, user_id, connections)
+), removed AS (
+    DELETE FROM relay.presence p USING changes c
+    WHERE p.process_id = $1 AND c.connections = 0
+      AND p.merchant_id = c.merchant_id AND p.user_id = c.user_id
+), stored AS (
+    INSERT INTO relay.presence (merchant_id, user_id, process_id, connections)
+    SELECT merchant_id, user_id, $1, connections FROM changes WHERE connections > 0
+    ON CONFLICT (merchant_id, user_id, process_id) DO UPDATE SET connections = EXCLUDED.connections
+)
+SELECT count(pg_notify($5, payload)) FROM unnest($6::text[]) AS payload;
+
+-- name: presence_remove
+-- Remove the processes whose lease ran out, process $1 (leaving; NULL: none) and the
+-- earlier processes of slot $2 but $3 (NULL: none), with their counts; the merchants whose
+-- presence that changed.
+WITH gone AS (
+    DELETE FROM relay.presence_processes
+    WHERE lease_until < now() OR process_id = $1 OR (slot = $2 AND process_id <> $3)
+    RETURNING process_id
+), removed AS (
+    DELETE FROM relay.presence p USING gone WHERE p.process_id = gone.process_id
+    RETURNING p.merchant_id
+)
+SELECT DISTINCT merchant_id FROM removed;
+
+-- name: presence_counts
+-- Connections per user of the merchants named, over every live process but $2.
+SELECT p.merchant_id, p.user_id, sum(p.connections)::int AS connections
+FROM relay.presence p
+JOIN relay.presence_processes r USING (process_id)
+WHERE p.merchant_id = ANY($1::text[]) AND p.process_id <> $2 AND r.lease_until > now()
+GROUP BY p.merchant_id, p.user_id;
+
 -- ---------------------------------------------------------------- sources
 
 -- name: sources_list

@@ -48,11 +48,14 @@ class Encoded:
 
 
 class Transport(Protocol):
-    """How one kind of client wants events; ``encode`` runs once per event and room."""
+    """How one kind of client wants events; ``encode`` runs once per event and room, and
+    ``encode_message`` once per room message (``presence_joined``, ...) and room."""
 
     name: str
 
     def encode(self, event: Event) -> Encoded: ...
+
+    def encode_message(self, name: str, body: dict[str, Any]) -> Encoded: ...
 
 
 class Interest:
@@ -130,7 +133,10 @@ class Sink:
         self.interest = interest
         self.floor = 0  # events at or below this position were already sent
         self.closed = False
-        self._pending: list[tuple[Event, Encoded]] | None = []
+        # The user this connection is counted as in its merchant's presence, once it has been
+        # (it has its presence snapshot then); only such sinks take room messages.
+        self.present: str | None = None
+        self._pending: list[tuple[Event | None, Encoded]] | None = []
 
     @property
     def merchant_id(self) -> str:
@@ -147,12 +153,22 @@ class Sink:
         if self.interest.wants(event.channel):
             self.write(encoded)
 
+    def tell(self, encoded: Encoded) -> None:
+        """A room message (not an event): held like events until ``go_live``, in order."""
+        if self.closed or self.present is None or not self.interest.in_room:
+            return
+        if self._pending is not None:
+            self._pending.append((None, encoded))
+        else:
+            self.write(encoded)
+
     def live_floor(self, position: int) -> int:
         """The offset of a client that joined the room before the feed handed on ``position``:
         it has every event of its merchant up to the returned position (the events after it
         are held for it, or still to come)."""
-        if self._pending:
-            return min(position, self._pending[0][0].position - 1)
+        for event, _ in self._pending or ():
+            if event is not None:  # room messages held beside events carry no position
+                return min(position, event.position - 1)
         return position
 
     def go_live(self, floor: int = 0) -> None:
@@ -160,7 +176,11 @@ class Sink:
         self.floor = max(self.floor, floor)
         pending, self._pending = self._pending or [], None
         for event, encoded in pending:
-            if not self.closed:
+            if self.closed:
+                break
+            if event is None:
+                self.write(encoded)
+            else:
                 self.deliver(event, encoded)
 
     def fall_behind(self) -> None:
@@ -237,6 +257,23 @@ class Hub:
                 except Exception:
                     logger.exception("live delivery failed", extra={"merchant_id": event.merchant_id})
                     sink.fall_behind()
+
+    def tell(self, merchant_id: str, name: str, body: dict[str, Any]) -> None:
+        """Send a room message to the merchant's room, encoded once per transport present."""
+        room = self._rooms.get(merchant_id)
+        if not room:
+            return
+        encoded: dict[str, Encoded] = {}
+        for sink in list(room):
+            transport = sink.transport
+            message = encoded.get(transport.name)
+            if message is None:
+                message = encoded[transport.name] = transport.encode_message(name, body)
+            try:
+                sink.tell(message)
+            except Exception:
+                logger.exception("live delivery failed", extra={"merchant_id": merchant_id})
+                sink.fall_behind()
 
     def spawn(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run a short coroutine (closing a client) without the caller awaiting it."""

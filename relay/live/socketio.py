@@ -1,11 +1,11 @@
 """Socket.IO at ``/socket.io/``, namespace ``/notifications``: the seed's NestJS gateway, kept.
 
 Clients connect with ``auth: {token}`` (or ``Authorization: Bearer``), get
-``connected {userId, merchantId}``, then one Socket.IO event per change, named by its
-event name (``booking_created`` / ``booking_updated`` / ``booking_deleted`` with the seed
-payloads, ``payment_created`` ... for an attached source); ``subscribe`` /
-``unsubscribe`` follow the /ws tenant rule and answer ``subscribed`` / ``unsubscribed``
-or ``error``.
+``connected {userId, merchantId}`` and ``presence {online}``, then one Socket.IO event per
+change, named by its event name (``booking_created`` / ``booking_updated`` /
+``booking_deleted`` with the seed payloads, ``payment_created`` ... for an attached source),
+and ``presence_joined`` / ``presence_left {userId}``; ``subscribe`` / ``unsubscribe`` follow
+the /ws tenant rule and answer ``subscribed`` / ``unsubscribed`` or ``error``.
 
 Hostile input is stopped in front of engineio (``Gateway.__call__``): a long-polling
 POST over its limit is answered 413 without reading it, a packet that engineio or
@@ -46,6 +46,9 @@ from relay.events import Event, encode_cursor
 from relay.http_auth import error
 from relay.live import eio
 from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Encoded, Hub, Interest, Sink, replay
+from relay.live.presence import Presence
+from relay.live.presence import enter as enter_presence
+from relay.live.presence import leave as leave_presence
 from relay.live.recovery import Recovery
 from relay.live.websocket import CLOSE_POLICY, CLOSE_TOO_SLOW, DB_ERRORS, OFF_MESSAGE
 from relay.live.wire import RawSocket
@@ -65,6 +68,10 @@ class SocketIOTransport:
 
     def encode(self, event: Event) -> Encoded:
         text, packet = eio.event_packet(NAMESPACE, event.channel, dict(event.data), event.cursor)
+        return Encoded.of(text, packet)
+
+    def encode_message(self, name: str, body: dict[str, Any]) -> Encoded:
+        text, packet = eio.event_packet(NAMESPACE, name, body)
         return Encoded.of(text, packet)
 
 
@@ -139,9 +146,11 @@ class Gateway:
         store: Store,
         recovery: Recovery,
         position: Callable[[], Awaitable[int]],
+        presence: Presence,
     ) -> None:
         self.hub, self.verifier, self.auth_timeout = hub, verifier, auth_timeout
         self.store, self.recovery, self.position = store, recovery, position
+        self.presence = presence
         origins = allowed_origins
         self.server = server = socketio.AsyncServer(
             async_mode="asgi",
@@ -223,6 +232,13 @@ class Gateway:
             await server.emit("connected", (hello, encode_cursor(floor)), to=sid, namespace=NAMESPACE)
         else:
             await server.emit("connected", (hello, encode_cursor(after)), to=sid, namespace=NAMESPACE)
+        # The snapshot has no offset (its one argument is an object, which socket.io-client does
+        # not take for one); the room messages held since the join follow it, in order.
+        online = await enter_presence(self.presence, sink, claims.user_id)
+        if online is None:  # the client left meanwhile
+            return
+        await server.emit("presence", online, to=sid, namespace=NAMESPACE)
+        if after is not None:
 
             async def send(event: Event) -> None:
                 args = (dict(event.data), event.cursor)
@@ -244,6 +260,7 @@ class Gateway:
             return
         sink.closed = True
         sink.hub.leave(sink)
+        leave_presence(self.presence, sink)
         if sink.expiry is not None:
             sink.expiry.cancel()
         self.gauge.dec()

@@ -1,6 +1,7 @@
 """``WS /ws?token=JWT[&since=CURSOR]``: live events of the token's merchant as JSON text frames.
 
-Messages (DESIGN.md): ``connected`` on accept, ``event`` per event, ``subscribe`` /
+Messages (DESIGN.md): ``connected`` on accept, then ``presence``; ``event`` per event,
+``presence_joined`` / ``presence_left``, ``subscribe`` /
 ``unsubscribe`` answered with ``subscribed`` / ``unsubscribed`` or ``error``.
 With ``since`` the merchant's events after the cursor are replayed first; live
 events that arrive meanwhile are held and those already replayed are dropped, so
@@ -28,6 +29,9 @@ from relay.db import TRANSIENT_ERRORS
 from relay.events import Event, decode_cursor
 from relay.http_auth import bearer_token, error, origin_allowed
 from relay.live.hub import Encoded, Hub, Interest, Sink, replay
+from relay.live.presence import Presence
+from relay.live.presence import enter as enter_presence
+from relay.live.presence import leave as leave_presence
 from relay.live.wire import RawSocket
 from relay.store import Store
 
@@ -54,6 +58,9 @@ class WsTransport:
         return Encoded.of(
             dumps({"type": "event", "channel": event.channel, "cursor": event.cursor, "data": event.data})
         )
+
+    def encode_message(self, name: str, body: dict[str, Any]) -> Encoded:
+        return Encoded.of(dumps({"type": name, **body}))
 
 
 TRANSPORT = WsTransport()
@@ -115,9 +122,10 @@ async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
 
 
 def routes(
-    hub: Hub, store: Store, verifier: TokenVerifier | None, allowed_origins: list[str]
+    hub: Hub, store: Store, verifier: TokenVerifier | None, allowed_origins: list[str], presence: Presence
 ) -> list[BaseRoute]:
-    """``/ws`` over ``hub`` (live events) and ``store`` (replay); 503 while ``verifier`` is None."""
+    """``/ws`` over ``hub`` (live events), ``store`` (replay) and ``presence``; 503 while
+    ``verifier`` is None."""
 
     async def endpoint(websocket: WebSocket) -> None:
         if not origin_allowed(websocket, allowed_origins):
@@ -126,12 +134,14 @@ def routes(
         if verifier is None:
             await websocket.send_denial_response(error(503, OFF_MESSAGE))
             return
-        await serve(hub, store, verifier, websocket)
+        await serve(hub, store, verifier, websocket, presence)
 
     return [WebSocketRoute("/ws", endpoint)]
 
 
-async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebSocket) -> None:
+async def serve(
+    hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebSocket, presence: Presence
+) -> None:
     token = websocket.query_params.get("token") or bearer_token(websocket)
     raw = RawSocket.of_scope(websocket.scope)
     if raw is not None:
@@ -161,6 +171,10 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
         await websocket.send_text(
             dumps({"type": "connected", "userId": claims.user_id, "merchantId": claims.merchant_id})
         )
+        online = await enter_presence(presence, sink, claims.user_id)
+        if online is None:
+            return
+        await websocket.send_text(dumps({"type": "presence", **online}))
         floor = 0
         if after is not None:
             try:
@@ -183,6 +197,7 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
     finally:
         sink.closed = True
         hub.leave(sink)
+        leave_presence(presence, sink)
         gauge.dec()
         if pump is not None:
             pump.cancel()

@@ -181,6 +181,15 @@ async def test_calendar_updates_live_shows_banner_and_resumes(
             await card(page, "bk-live", 1_000)
             assert time.monotonic() - started < 1.0
 
+            # Who is online: this page's user, then another staff member's page opens and closes.
+            await page.wait_for_selector('#online span[data-user-id="u1"]', timeout=5_000)
+            other = mint_token(make_settings(db_url, jwt_secret=SECRET), merchant_id="m1", user_id="u2")
+            second = await browser.new_page()
+            await second.goto(f"http://127.0.0.1:{relay_process.port}/?token={other}")
+            await page.wait_for_selector('#online span[data-user-id="u2"]', timeout=5_000)
+            await second.close()
+            await page.wait_for_selector('#online span[data-user-id="u2"]', state="detached", timeout=5_000)
+
             relay_process.kill()
             await page.wait_for_selector("#banner.shown", timeout=5_000)
             assert "Real-time updates unavailable" in await page.inner_text("#banner")

@@ -177,7 +177,8 @@ def test_a_burst_of_small_compressed_messages_is_inflated_only_as_fast_as_it_is_
         async with connect(
             f"{relay.ws}/ws?token={token()}", compression="deflate", max_queue=None, write_limit=2**24
         ) as ws:
-            await ws.recv()
+            await ws.recv()  # connected
+            await ws.recv()  # presence
             for _ in range(20_000):
                 await ws.send("a" * 4000)
             # the relay answers each (not JSON); the last answer means it read them all

@@ -49,6 +49,8 @@ async def ws_client(
     async with connect(ws_url(relay, query), **kw) as ws:
         hello = await recv(ws)
         assert hello["type"] == "connected", hello
+        online = await recv(ws)
+        assert online["type"] == "presence", online
         yield ws
 
 

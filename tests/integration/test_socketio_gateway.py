@@ -14,15 +14,21 @@ from tests.integration.livekit import insert, live_settings, running, token
 
 
 class Client:
-    """A python-socketio client that records every event of /notifications."""
+    """A python-socketio client that records every event of /notifications (presence
+    events on a queue of their own)."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.sio = socketio.AsyncClient(reconnection=False, http_session=session)
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.presence: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.sio.on("*", self._record, namespace="/notifications")
 
     async def _record(self, event: str, data: Any = None, *_offset: Any) -> None:
-        self.events.put_nowait((event, data))
+        queue = self.presence if event.startswith("presence") else self.events
+        queue.put_nowait((event, data))
+
+    async def next_presence(self, wait: float = 5.0) -> tuple[str, Any]:
+        return await asyncio.wait_for(self.presence.get(), wait)
 
     async def next(self, wait: float = 5.0) -> tuple[str, Any]:
         return await asyncio.wait_for(self.events.get(), wait)

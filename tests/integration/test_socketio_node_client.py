@@ -87,6 +87,7 @@ async def test_real_socketio_client_connects_gets_connected_and_receives_booking
             # then `connected`, as from the NestJS gateway
             assert await client.next() == ("connect", {"recovered": False})
             assert await client.next() == ("connected", {"userId": "staff-1", "merchantId": "mA"})
+            assert await client.next() == ("presence", {"online": [{"userId": "staff-1", "connections": 1}]})
             await insert(db_url, ("other", "mB"), ("b1", "mA"))
             name, data = await client.next()
             assert name == "booking_created"
@@ -111,6 +112,29 @@ async def test_real_socketio_client_with_a_bad_token_gets_connect_error(
             break
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_real_socketio_client_gets_presence_then_joins_and_leaves_across_two_relays(
+    db_url: str, node_client: Path, transport: str
+) -> None:
+    settings = live_settings(db_url)
+    async with running(settings) as one, running(settings) as two:
+        urls = [f"http://127.0.0.1:{relay.http_port}" for relay in (one, two)]
+        ann_tok, bob_tok = token(settings, "mA", user="ann"), token(settings, "mA", user="bob")
+        async for ann in start_client(node_client, urls[0], ann_tok, transport):
+            assert await ann.next() == ("connect", {"recovered": False})
+            assert await ann.next() == ("connected", {"userId": "ann", "merchantId": "mA"})
+            assert await ann.next() == ("presence", {"online": [{"userId": "ann", "connections": 1}]})
+            async for bob in start_client(node_client, urls[1], bob_tok, transport):
+                assert await bob.until("presence") is not None
+                assert await ann.next() == ("presence_joined", {"userId": "bob"})
+                break  # bob's client disconnects
+            if transport == "websocket":
+                # (A polling client that exits at once may not get its CLOSE packet out; the
+                # server then notices it only at Engine.IO's ping timeout, 45 s later.)
+                assert await ann.next() == ("presence_left", {"userId": "bob"})
+            break
+
+
 @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
 async def test_real_socketio_client_receives_an_attached_sources_events_by_their_names(
     db_url: str, node_client: Path, table: Table
@@ -125,6 +149,7 @@ async def test_real_socketio_client_receives_an_attached_sources_events_by_their
             async for other in start_client(node_client, url, token(settings, theirs), "websocket"):
                 for each, merchant in ((client, mine), (other, theirs)):
                     assert await each.until("connected") == {"userId": "u1", "merchantId": merchant}
+                    assert await each.next() == ("presence", {"online": [{"userId": "u1", "connections": 1}]})
                 await lifecycle(db_url, table, key, mine)
                 ids = await event_ids(db_url, table.entity)
                 assert [await client.next() for _ in ids] == [

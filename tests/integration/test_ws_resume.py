@@ -49,6 +49,7 @@ async def test_ws_resume_with_since_delivers_every_event_once_in_order_across_ou
         got: list[dict[str, Any]] = []
         async with connect(ws_url(relay, f"token={token(settings, 'mA')}&since={cursor}")) as ws:
             assert (await recv(ws))["type"] == "connected"
+            assert (await recv(ws))["type"] == "presence"
             while len(got) < len(expected):
                 got.append(await recv(ws))
             await writer

@@ -24,8 +24,8 @@ socket.on("connect", () => print("connect", { recovered: socket.recovered === tr
 socket.on("disconnect", (reason) => print("disconnect", reason));
 socket.on("connect_error", (error) => print("connect_error", error.message));
 socket.io.on("open", () => socket.io.engine.on("upgrade", (t) => print("upgrade", t.name)));
-// Every event the server emits, by name: `connected`, `booking_created`, an attached
-// source's `payment_created`, `error`, ...
+// Every event the server emits, by name: `connected`, `presence`, `booking_created`, an
+// attached source's `payment_created`, `presence_joined`, `error`, ...
 socket.onAny((name, data) => print(name, data));
 const commands = readline.createInterface({ input: process.stdin });
 commands.on("line", (line) => {

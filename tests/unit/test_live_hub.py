@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,10 @@ class Recording:
     def encode(self, event: Event) -> Encoded:
         self.encoded += 1
         return Encoded.of(f"{event.position}")
+
+    def encode_message(self, name: str, body: dict[str, Any]) -> Encoded:
+        self.encoded += 1
+        return Encoded.of(f"{name}:{body['userId']}")
 
 
 class RecordingSink(Sink):
@@ -95,6 +100,31 @@ def test_unsubscribing_one_channel_keeps_the_others(channel: str) -> None:
     assert interest.wants("booking_updated")
 
 
+def test_room_messages_reach_only_counted_in_sinks_of_the_room_in_order_with_events() -> None:
+    """Presence messages are encoded once per transport, go only to sinks that have their
+    presence snapshot (``present``) and are in the room, and wait with the events of a sink
+    that is not live yet."""
+    hub, transport = Hub(), Recording()
+    live, pending, uncounted, left_room = (RecordingSink(hub, transport, "mA") for _ in range(4))
+    other = RecordingSink(hub, transport, "mB")
+    for sink in (live, pending, uncounted, left_room, other):
+        hub.join(sink)
+    for sink in (live, pending, left_room, other):
+        sink.present = "someone"
+    for sink in (live, uncounted, left_room, other):
+        sink.go_live()
+    left_room.interest.unsubscribe("merchant:mA")
+    hub.publish([event(1)])
+    hub.tell("mA", "presence_joined", {"userId": "u2"})
+    assert transport.encoded == 2
+    assert live.written == ["1", "presence_joined:u2"]
+    assert pending.written == []
+    pending.go_live()
+    assert pending.written == ["1", "presence_joined:u2"]
+    assert uncounted.written == ["1"]
+    assert left_room.written == [] and other.written == []
+
+
 def test_interest_follows_the_catalog_and_leaving_one_event_keeps_sources_attached_later() -> None:
     catalog = Sources()
     interest = Interest("mA", catalog)
@@ -108,3 +138,16 @@ def test_interest_follows_the_catalog_and_leaving_one_event_keeps_sources_attach
     assert narrow.subscribe("payment_created") is None
     assert narrow.wants("payment_created") and not narrow.wants("payment_updated")
     assert not narrow.wants("booking_created")
+
+
+def test_live_floor_skips_held_room_messages_which_have_no_position() -> None:
+    """A Socket.IO session's offset is just below its first held event, even when a room
+    message (no position) was held before it."""
+    hub, transport = Hub(), Recording()
+    sink = RecordingSink(hub, transport, "mA")
+    hub.join(sink)
+    sink.present = "u1"
+    hub.tell("mA", "presence_joined", {"userId": "u2"})
+    assert sink.live_floor(9) == 9
+    hub.publish([event(7), event(8)])
+    assert sink.live_floor(9) == 6
