@@ -96,7 +96,7 @@ class Bench:
             await conn.execute("DELETE FROM relay.webhook_endpoints; DELETE FROM relay.deliveries")
             for i in range(count):
                 await add_endpoint(
-                    Store(conn), merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK
+                    Store(conn), merchant_id="bench", url=f"{self.receiver}/e{i}", allow=LOOPBACK, limit=count
                 )
 
     async def arrivals(self) -> list[tuple[str, float]]:

@@ -1,4 +1,4 @@
-"""Relay: real-time booking notifications from PostgreSQL LISTEN/NOTIFY."""
+"""Relay: real-time notifications of row changes (bookings and any attached table) from PostgreSQL."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from relay import http, metrics
+from relay import http, logs, metrics
 from relay.aio import wait_any
 from relay.auth import TokenVerifier
 from relay.capture import CaptureMode, Poller
@@ -26,12 +26,12 @@ from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.destinations import Destination
 from relay.dispatcher import Dispatcher
-from relay.egress import build_client
+from relay.egress import Resolver, SystemResolver, build_client
 from relay.events import Event, Sources
 from relay.feed import Feed
 from relay.listener import Listener
 from relay.live import polling, websocket
-from relay.live.hub import Hub
+from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Hub
 from relay.live.socketio import Gateway
 from relay.live.wire import CaptureSend, LiveWebSocketProtocol, ServerWithoutSignals
 from relay.push import routes as push_routes
@@ -62,9 +62,10 @@ class Services:
     verifier: TokenVerifier | None  # None: token routes answer 503 (no JWT key)
     signer: VapidSigner | None  # None: Web Push is off (no VAPID key)
     gateway: Gateway
+    resolver: Resolver  # host name lookups: outgoing requests, the routes' checks of a destination
 
 
-def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
+def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -> Services:
     """Raises ConfigError (one line naming the variable) for a malformed VAPID key or subject."""
     store = Store(pool)
     verifier = TokenVerifier(settings) if settings.jwt_enabled else None
@@ -97,8 +98,8 @@ def build_services(settings: Settings, pool: asyncpg.Pool) -> Services:
         timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,
     )
-    gateway = Gateway(hub, verifier, settings.allowed_origins)
-    return Services(settings, store, hub, feed, listener, poller, verifier, signer, gateway)
+    gateway = Gateway(hub, verifier, settings.allowed_origins, settings.auth_timeout)
+    return Services(settings, store, hub, feed, listener, poller, verifier, signer, gateway, resolver)
 
 
 def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
@@ -107,9 +108,11 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
     settings = s.settings
     routes: list[BaseRoute] = [
         *push_routes.routes(
-            s.store, s.verifier, s.signer.public_key if s.signer else None, settings.egress_allow
+            s.store, s.verifier, s.signer.public_key if s.signer else None, settings, s.resolver
         ),
-        *webhook_routes.routes(s.store, s.verifier, settings.egress_allow),
+        *webhook_routes.routes(
+            s.store, s.verifier, settings.egress_allow, settings.webhook_endpoints_per_merchant
+        ),
         *websocket.routes(s.hub, s.store, s.verifier, settings.allowed_origins),
         *polling.routes(s.store, s.verifier, s.feed.caught_up),
         *extra_routes,
@@ -174,18 +177,34 @@ def log_events(events: Sequence[Event]) -> None:
 
 @contextlib.asynccontextmanager
 async def start(
-    settings: Settings, *, serve_http: bool = True, extra_routes: Sequence[BaseRoute] = ()
+    settings: Settings,
+    *,
+    serve_http: bool = True,
+    extra_routes: Sequence[BaseRoute] = (),
+    resolver: Resolver | None = None,
 ) -> AsyncIterator[Relay]:
-    """Run a relay in the background for the duration of the ``async with`` block."""
+    """Run a relay in the background for the duration of the ``async with`` block.
+
+    ``resolver`` replaces the system's name servers (tests use it for names that do not
+    answer); every lookup is still bounded by ``RELAY_DNS_TIMEOUT``.
+    """
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.require_database_url())
+        pool = await create_pool(
+            settings.require_database_url(), pooler=settings.database_pooler, listen_dsn=settings.listen_url
+        )
         stack.push_async_callback(_close_pool, pool)
-        services = build_services(settings, pool)
+        if resolver is None:
+            system = SystemResolver()
+            stack.push_async_callback(system.aclose)
+            resolver = system
+        services = build_services(settings, pool, resolver)
         store, feed, listener, hub = services.store, services.feed, services.listener, services.hub
         poller = services.poller
         stop = asyncio.Event()
         # One SSRF-guarded client for every outgoing request (webhooks, push).
-        http_client = await stack.enter_async_context(build_client(settings.egress_allow))
+        http_client = await stack.enter_async_context(
+            build_client(settings.egress_allow, resolver=resolver, dns_timeout=settings.dns_timeout)
+        )
         destinations: list[Destination] = [
             WebhookDestination(store, http_client, timeout=settings.webhook_timeout, stop=stop)
         ]
@@ -197,6 +216,8 @@ async def start(
             store,
             destinations,
             settings.retry_schedule,
+            per_merchant=settings.sends_per_merchant,
+            per_host=settings.sends_per_host,
             lease=settings.delivery_lease,
             grace=SHUTDOWN_GRACE - 1,
         )
@@ -214,6 +235,7 @@ async def start(
 
         server: ServerWithoutSignals | None = None
         if serve_http:
+            logs.guard_library_loggers()  # uvicorn logs every handshake with its query string
             config = uvicorn.Config(
                 http_app(services, extra_routes),
                 host=settings.http_host,
@@ -221,6 +243,9 @@ async def start(
                 log_config=None,
                 lifespan="off",
                 ws=LiveWebSocketProtocol,
+                # Every WebSocket starts with the smallest limit; routes raise it once the
+                # client has authenticated (Socket.IO) or lower it (/ws).
+                ws_max_size=UNAUTHENTICATED_MAX_MESSAGE,
                 ws_ping_interval=20,
                 ws_ping_timeout=20,
             )

@@ -29,9 +29,10 @@ class Claims:
 class TokenVerifier:
     """Verifies tokens with the configured key; ``none`` and algorithm confusion are refused.
 
-    pyjwt only accepts the algorithms it is given, and the key type must suit them
-    (an HMAC secret for HS*, a public key for RS*/ES*/EdDSA), so a token signed with
-    HS256 using a public key as the secret is refused when only RS256 is allowed.
+    pyjwt only accepts the algorithms it is given, and the settings only allow algorithms
+    the key suits (see :func:`relay.jwtkeys.algorithm_problem`), so a token signed with HS256 using a
+    public key as the secret is refused when only RS256 is allowed. Any other pyjwt error
+    is a refused token too (401), never a server error.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -56,7 +57,7 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError for a key that does not fit
             raise AuthError(f"invalid token: {exc}") from None
         merchant = claims.get("merchantId")
         if not isinstance(merchant, str) or not merchant:

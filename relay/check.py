@@ -1,75 +1,155 @@
-"""`relay check`: configuration, database reachability, and LISTEN on the listen connection."""
+"""`relay check`: configuration, the two database URLs (each a transaction pooler or a direct
+session, and what Relay uses it for), the relay schema, and a LISTEN round trip.
+
+One line per finding: ``ok``, ``warn`` or ``fail``. A step that raises becomes a
+``fail`` line naming the step, never a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
-from urllib.parse import urlsplit
+from collections.abc import Awaitable
 
 import asyncpg
 
 from relay.config import Settings
-from relay.db import TRANSIENT_ERRORS
+from relay.db import connect_once
 from relay.errors import ConfigError
+from relay.pooler import shares_sessions
 from relay.push.vapid import VapidSigner
 from relay.store import Store
 
-POOLER_PORTS = {6432}
-POOLER_WORDS = ("pgbouncer", "pooler", "pgcat", "supavisor", "odyssey")
+Line = tuple[str, str]
+TIMEOUT = 5.0
+DIRECT_HINT = "the database's direct (unpooled) URL"
 
 
-def pooler_hint(dsn: str) -> str | None:
-    """Why ``dsn`` looks like a transaction pooler, or None."""
-    parts = urlsplit(dsn)
-    host = (parts.hostname or "").lower()
-    if parts.port in POOLER_PORTS:
-        return f"port {parts.port} is PgBouncer's default port"
-    for word in POOLER_WORDS:
-        if word in host:
-            return f"host name {host!r} mentions {word!r}"
-    return None
+def describe(exc: BaseException) -> str:
+    """An exception as one line: its type and its message with the line breaks folded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def check(settings: Settings) -> list[tuple[str, str]]:
+async def check(settings: Settings) -> list[Line]:
     """Return (status, message) lines; status is ``ok``, ``warn`` or ``fail``."""
-    lines: list[tuple[str, str]] = [("ok", "configuration is valid")]
+    lines: list[Line] = [("ok", "configuration is valid")]
     lines += [("ok" if on else "warn", text) for on, text in optional_parts(settings)]
     lines += push_key_problems(settings)
     dsn = settings.require_database_url()
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-        return [*lines, ("fail", f"database unreachable at DATABASE_URL: {type(exc).__name__}: {exc}")]
+        conn = await connect_once(dsn, connect_timeout=TIMEOUT)
+    except Exception as exc:
+        return [*lines, ("fail", f"database unreachable at DATABASE_URL: {describe(exc)}")]
     try:
         store = Store(conn)
-        lines.append(("ok", f"database reachable (PostgreSQL {await store.server_version()})"))
-        count = await store.migrations_applied()
-        if count is not None:
-            attached = await store.trigger_attached()
-            lines.append(("ok", f"relay schema present ({count} migrations applied)"))
-            lines.append(
-                ("ok", 'trigger attached to "Booking"')
-                if attached
-                else ("fail", 'trigger not attached to "Booking": run `relay migrate`')
-            )
-            lines += await sources_lines(store)
-            lines.append(await capture_line(store))
-        else:
-            lines.append(("fail", "relay schema missing: run `relay migrate`"))
-        lines.append(await _listen_round_trip(settings.listen_url, store))
+        lines += await _step("reading the server version", _version(store))
+        pooled = await _probe(dsn)
+        lines.append(database_role(settings, pooled))
+        separate = settings.listen_url != dsn
+        listen_pooled = await _probe(settings.listen_url) if separate else pooled
+        lines.append(listen_role(separate, listen_pooled))
+        lines += await _step("checking the relay schema", _schema(store))
+        # No round trip where the listen URL is a pooler or unreachable: that is its fail line.
+        if listen_pooled is False or (not separate and listen_pooled is not True):
+            lines += await _step("the LISTEN round trip", _listen_round_trip(settings.listen_url, store))
     finally:
-        await conn.close()
-    hint = pooler_hint(settings.listen_url)
-    if hint:
-        lines.append(
-            (
-                "warn",
-                f"the listen connection may go through a transaction pooler ({hint}); LISTEN needs a "
-                "session connection: set RELAY_LISTEN_DATABASE_URL to the direct database URL",
-            )
-        )
+        conn.terminate()
     return lines
+
+
+async def _step(what: str, lines: Awaitable[list[Line]]) -> list[Line]:
+    try:
+        return await lines
+    except Exception as exc:
+        return [("fail", f"{what} failed: {describe(exc)}")]
+
+
+async def _probe(dsn: str) -> bool | Exception:
+    """True through a transaction pooler, False on a direct session, or why it could not tell."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            return await shares_sessions(dsn)
+    except Exception as exc:
+        return exc
+
+
+async def _version(store: Store) -> list[Line]:
+    return [("ok", f"database reachable (PostgreSQL {await store.server_version()})")]
+
+
+async def _schema(store: Store) -> list[Line]:
+    count = await store.migrations_applied()
+    if count is None:
+        return [("fail", "relay schema missing: run `relay migrate`")]
+    return [
+        ("ok", f"relay schema present ({count} migrations applied)"),
+        ("ok", 'trigger attached to "Booking"')
+        if await store.trigger_attached()
+        else ("fail", 'trigger not attached to "Booking": run `relay migrate`'),
+        *await sources_lines(store),
+        await capture_line(store),
+    ]
+
+
+def database_role(settings: Settings, pooled: bool | Exception) -> Line:
+    """What DATABASE_URL is, what Relay uses it for, and what to change."""
+    setting = settings.database_pooler
+    if isinstance(pooled, Exception):
+        return (
+            "fail",
+            f"could not tell whether DATABASE_URL goes through a transaction pooler: {describe(pooled)}",
+        )
+    if pooled and setting == "off":
+        return (
+            "fail",
+            "DATABASE_URL goes through a transaction pooler, but RELAY_DATABASE_POOLER=off keeps "
+            "prepared statements, which fail there: set RELAY_DATABASE_POOLER=auto",
+        )
+    if pooled:
+        return (
+            "ok",
+            "DATABASE_URL goes through a transaction pooler: used for Relay's queries and "
+            f"transactions, without prepared statements (RELAY_DATABASE_POOLER={setting})",
+        )
+    if setting == "on":
+        return (
+            "warn",
+            "DATABASE_URL is a direct session connection, but RELAY_DATABASE_POOLER=on turns its "
+            "prepared statements off (each query costs more): unset RELAY_DATABASE_POOLER",
+        )
+    return (
+        "ok",
+        "DATABASE_URL is a direct session connection: used for Relay's queries and transactions, "
+        "with prepared statements",
+    )
+
+
+def listen_role(separate: bool, pooled: bool | Exception) -> Line:
+    """What the listen URL is, what Relay uses it for, and what to change."""
+    if not separate:
+        shared = "LISTEN uses DATABASE_URL (RELAY_LISTEN_DATABASE_URL is unset or the same)"
+        if pooled is True:
+            return (
+                "fail",
+                f"{shared}, a transaction pooler, which cannot LISTEN: "
+                f"set RELAY_LISTEN_DATABASE_URL to {DIRECT_HINT}",
+            )
+        return ("ok", shared)
+    if isinstance(pooled, Exception):
+        return ("fail", f"listen connection unreachable at RELAY_LISTEN_DATABASE_URL: {describe(pooled)}")
+    if pooled:
+        return (
+            "fail",
+            "RELAY_LISTEN_DATABASE_URL goes through a transaction pooler, which cannot LISTEN: "
+            f"set RELAY_LISTEN_DATABASE_URL to {DIRECT_HINT}",
+        )
+    return (
+        "ok",
+        "RELAY_LISTEN_DATABASE_URL is a direct session connection: used for LISTEN and any work "
+        "that needs a session",
+    )
 
 
 async def sources_lines(store: Store) -> list[tuple[str, str]]:
@@ -128,15 +208,17 @@ def push_key_problems(settings: Settings) -> list[tuple[str, str]]:
         VapidSigner.from_settings(settings)
     except ConfigError as exc:
         return [("fail", str(exc))]
+    except Exception as exc:
+        return [("fail", f"invalid setting RELAY_VAPID_PRIVATE_KEY: {describe(exc)}")]
     return []
 
 
-async def _listen_round_trip(listen_dsn: str, sender: Store) -> tuple[str, str]:
+async def _listen_round_trip(listen_dsn: str, sender: Store) -> list[Line]:
     channel = f"relay_check_{os.getpid()}"
     try:
-        listener = await asyncpg.connect(listen_dsn, timeout=5)
-    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-        return ("fail", f"listen connection unreachable: {type(exc).__name__}: {exc}")
+        listener = await asyncpg.connect(listen_dsn, timeout=TIMEOUT)
+    except Exception as exc:
+        return [("fail", f"listen connection unreachable: {describe(exc)}")]
     received: asyncio.Queue[str] = asyncio.Queue()
     try:
         await listener.add_listener(channel, lambda *args: received.put_nowait(args[3]))
@@ -145,14 +227,16 @@ async def _listen_round_trip(listen_dsn: str, sender: Store) -> tuple[str, str]:
         try:
             await asyncio.wait_for(received.get(), timeout=3)
         except TimeoutError:
-            return (
-                "fail",
-                "LISTEN does not work on the listen connection (no notification within 3 s); "
-                "a transaction pooler cannot LISTEN: set RELAY_LISTEN_DATABASE_URL to a direct URL",
-            )
+            return [
+                (
+                    "fail",
+                    "LISTEN does not work on the listen connection (no notification within 3 s); "
+                    "a transaction pooler cannot LISTEN: set RELAY_LISTEN_DATABASE_URL to a direct URL",
+                )
+            ]
         elapsed = (time.perf_counter() - started) * 1000
-        return ("ok", f"LISTEN works on the listen connection (round trip {elapsed:.1f} ms)")
+        return [("ok", f"LISTEN works on the listen connection (round trip {elapsed:.1f} ms)")]
     except asyncpg.PostgresError as exc:
-        return ("fail", f"LISTEN failed on the listen connection: {exc}")
+        return [("fail", f"LISTEN failed on the listen connection: {describe(exc)}")]
     finally:
-        await listener.close()
+        listener.terminate()

@@ -8,11 +8,10 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from relay import logs
 from relay.capture import MODES
 from relay.config import Settings, load_settings
+from relay.db import connect_once
 from relay.errors import RelayError
 from relay.events import Sources
 from relay.store import Store
@@ -25,7 +24,7 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
     from relay.store import migrate
 
     async def go() -> list[str]:
-        conn = await asyncpg.connect(settings.require_database_url(), timeout=10)
+        conn = await connect_once(settings.require_database_url())
         try:
             return await migrate(conn)
         finally:
@@ -45,9 +44,14 @@ def cmd_run(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
-    from relay.check import check
+    from relay.check import check, describe
 
-    lines = asyncio.run(check(settings))
+    try:
+        lines = asyncio.run(check(settings))
+    except RelayError:
+        raise
+    except Exception as exc:  # a check that broke still answers with one line, never a traceback
+        lines = [("fail", f"relay check stopped: {describe(exc)}")]
     for status, message in lines:
         print(f"{status:4} {message}")
     return 1 if any(status == "fail" for status, _ in lines) else 0
@@ -83,7 +87,7 @@ def _columns(value: str) -> list[str]:
 
 def _on_store(settings: Settings, act: Callable[[Store], Awaitable[int]]) -> int:
     async def go() -> int:
-        conn = await asyncpg.connect(settings.require_database_url(), timeout=10)
+        conn = await connect_once(settings.require_database_url())
         try:
             return await act(Store(conn))
         finally:

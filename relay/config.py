@@ -5,13 +5,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.errors import ConfigError
+from relay.jwtkeys import algorithm_problem, is_private_key
+from relay.pooler import PoolerSetting
 from relay.retry import DEFAULT_SCHEDULE, RetrySchedule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+WEBHOOK_ENDPOINTS_PER_MERCHANT = 50
 
 
 def _split(value: object) -> object:
@@ -27,11 +30,14 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     listen_database_url: str | None = None
+    # Whether DATABASE_URL goes through a transaction pooler (see relay/pooler.py).
+    database_pooler: PoolerSetting = "auto"
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
-    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    # Validated even when unset: the default HS256 does not suit RELAY_JWT_PUBLIC_KEY.
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(default=["HS256"], validate_default=True)
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     vapid_private_key: str | None = None
@@ -53,6 +59,18 @@ class Settings(BaseSettings):
     # that dies holding deliveries loses them to the others after at most this long.
     delivery_lease: float = Field(default=25.0, gt=0, le=30.0)
     webhook_timeout: float = Field(default=15.0, gt=0)
+    # Fairness between tenants: how many of the sender's concurrent sends one merchant, and
+    # one destination host, may hold; and how long a DNS lookup may take before the send
+    # counts as a failed attempt.
+    sends_per_merchant: int = Field(default=32, ge=1)
+    sends_per_host: int = Field(default=64, ge=1)
+    dns_timeout: float = Field(default=2.0, gt=0, le=30.0)
+    # What one tenant may register (refused with 409 past the limit).
+    push_subscriptions_per_user: int = Field(default=20, ge=1)
+    push_subscriptions_per_merchant: int = Field(default=1000, ge=1)
+    webhook_endpoints_per_merchant: int = Field(default=WEBHOOK_ENDPOINTS_PER_MERCHANT, ge=1)
+    # Seconds a Socket.IO connection has to connect /notifications with a valid token.
+    auth_timeout: float = Field(default=5.0, gt=0)
 
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_split)
 
@@ -69,13 +87,25 @@ class Settings(BaseSettings):
             return [ipaddress.ip_network(str(item), strict=False) for item in items]
         return items
 
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _public_not_private(cls, value: str | None) -> str | None:
+        if value is not None and is_private_key(value):
+            raise ValueError("holds a private key: give its public key")
+        return value
+
     @field_validator("jwt_algorithms")
     @classmethod
-    def _no_none_algorithm(cls, value: list[str]) -> list[str]:
+    def _algorithms_suit_the_key(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if not value:
             raise ValueError("at least one algorithm is required")
         if any(alg.lower() == "none" for alg in value):
             raise ValueError("'none' is not an acceptable algorithm")
+        problem = algorithm_problem(
+            value, secret=info.data.get("jwt_secret"), public_key=info.data.get("jwt_public_key")
+        )
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("vapid_subject")

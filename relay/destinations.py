@@ -26,6 +26,9 @@ class Delivery:
     destination_id: int
     merchant_id: str | None
     attempts: int  # attempts made before this one
+    # host[:port] of the destination's URL, for the per-host limits (the column
+    # relay.deliveries.destination); None for rows planned before it existed
+    host: str | None = None
 
     @property
     def log(self) -> dict[str, object]:

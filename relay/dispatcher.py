@@ -8,9 +8,13 @@ processes run.
 Sending: due deliveries are claimed in batches with ``FOR UPDATE SKIP LOCKED``; a
 claim is a lease (``locked_until``, renewed while held) so deliveries held by a
 process that died are claimed again once it runs out. Concurrency is bounded
-overall and per destination. Outcomes are recorded in batches, retrying through
-dropped connections; a database error before a send hands the delivery back without
-using up an attempt.
+overall, per destination, per merchant and per destination host, and the claim itself
+respects the same bounds: a merchant or a host whose sends are slow (a name that does
+not resolve, a server that never answers) holds at most its share of the sender, and
+its other deliveries stay unclaimed in the table, due, for this or another process to
+take as slots free up, while every other merchant's deliveries are claimed and sent at
+once. Outcomes are recorded in batches, retrying through dropped connections; a
+database error before a send hands the delivery back without using up an attempt.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -34,8 +38,9 @@ from relay.aio import sleep_or_stop, wait_any
 from relay.db import TRANSIENT_ERRORS
 from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
+from relay.quota import Quota
 from relay.retry import FailureStreak, RetrySchedule, handback_delay, retrying
-from relay.store import Attempt, Store
+from relay.store import Attempt, ClaimRoom, Store
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ class Dispatcher:
         *,
         concurrency: int = 128,
         per_destination: int = 8,
+        per_merchant: int = 32,
+        per_host: int = 64,
         batch: int = 200,
         plan_batch: int = 200,
         lease: float = 25.0,
@@ -73,7 +80,6 @@ class Dispatcher:
         self._destinations = {d.kind: d for d in destinations}
         self._schedule = schedule
         self._concurrency = concurrency
-        self._per_destination = per_destination
         self._batch = batch
         self._plan_batch = plan_batch
         self._lease = lease
@@ -84,9 +90,10 @@ class Dispatcher:
         self._plan_wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._sending = asyncio.Semaphore(concurrency)
-        self._slots: dict[DestinationKey, asyncio.Semaphore] = {}
+        self._destinations_quota: Quota[DestinationKey] = Quota(min(per_destination, concurrency))
+        self._merchants: Quota[str] = Quota(min(per_merchant, concurrency))
+        self._hosts: Quota[str] = Quota(min(per_host, concurrency))
         self._held: dict[int, Delivery] = {}
-        self._held_per_destination: Counter[DestinationKey] = Counter()
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -171,56 +178,62 @@ class Dispatcher:
                 recorder.cancel()
 
     async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
-        claimed: list[tuple[Delivery, Event]] = []
+        kept: list[tuple[Delivery, Event]] = []
         try:
             for kind in self._destinations:
-                if len(claimed) >= limit:
+                if len(kept) >= limit:
                     break
-                saturated = [
-                    d for (k, d), n in self._held_per_destination.items() if k == kind and n >= self._cap
-                ]
-                claimed += await self._store.claim(
-                    kind, saturated, limit - len(claimed), self._cap, self.worker_id, self._lease
+                room = ClaimRoom(
+                    {d: n for (k, d), n in self._destinations_quota.held.items() if k == kind},
+                    self._destinations_quota.cap,
+                    self._merchants.held,
+                    self._merchants.cap,
+                    self._hosts.held,
+                    self._hosts.cap,
                 )
+                claimed = await self._store.claim(kind, limit - len(kept), self.worker_id, self._lease, room)
+                kept += self._take(claimed)
         except TRANSIENT_ERRORS:
-            if not claimed:
+            if not kept:
                 raise
             # What an earlier kind's claim committed is held here now: send it.
-        for delivery, _ in claimed:
-            self._held[delivery.id] = delivery
-            self._held_per_destination[(delivery.kind, delivery.destination_id)] += 1
-        # The claim allows up to a cap per destination, not counting what this process
-        # already holds for it: hand the excess straight back.
-        over: list[Delivery] = []
-        kept: list[tuple[Delivery, Event]] = []
-        seen: Counter[DestinationKey] = Counter()
-        in_claim = Counter((d.kind, d.destination_id) for d, _ in claimed)
-        for delivery, event in claimed:
-            key = (delivery.kind, delivery.destination_id)
-            seen[key] += 1
-            if self._held_per_destination[key] - in_claim[key] + seen[key] > self._cap:
-                over.append(delivery)
-            else:
-                kept.append((delivery, event))
-        for delivery in over:
-            self._records.put_nowait(_Record(delivery, None, 0.0))
         return kept
 
-    @property
-    def _cap(self) -> int:
-        return self._per_destination * 2
+    def _take(self, claimed: list[tuple[Delivery, Event]]) -> list[tuple[Delivery, Event]]:
+        """Hold the claimed deliveries; hand straight back any over a cap (the claim already
+        stays within them, so this is only a safety net)."""
+        kept: list[tuple[Delivery, Event]] = []
+        for delivery, event in claimed:
+            quotas = self._quotas(delivery)
+            if any(quota.full(key) for quota, key in quotas):
+                self._records.put_nowait(_Record(delivery, None, 0.0))
+                continue
+            for quota, key in quotas:
+                quota.hold(key)
+            self._held[delivery.id] = delivery
+            kept.append((delivery, event))
+        return kept
 
-    def _slot(self, key: DestinationKey) -> asyncio.Semaphore:
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = asyncio.Semaphore(self._per_destination)
-        return slot
+    def _quotas(self, delivery: Delivery) -> list[tuple[Quota[Any], Hashable]]:
+        """The limits a delivery counts against, in the order its slots are taken."""
+        quotas: list[tuple[Quota[Any], Hashable]] = [
+            (self._destinations_quota, (delivery.kind, delivery.destination_id)),
+            (self._merchants, delivery.merchant_id or ""),
+        ]
+        if delivery.host is not None:
+            quotas.append((self._hosts, delivery.host))
+        return quotas
 
     async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
         destination = self._destinations[delivery.kind]
         log = delivery.log
         try:
-            async with self._slot((delivery.kind, delivery.destination_id)), self._sending:
+            async with contextlib.AsyncExitStack() as slots:
+                # Destination, merchant and host slots first: a delivery waiting for one of
+                # them holds none of the sender's overall concurrency.
+                for quota, key in self._quotas(delivery):
+                    await slots.enter_async_context(quota.slot(key))
+                await slots.enter_async_context(self._sending)
                 if stop.is_set():
                     self._records.put_nowait(_Record(delivery, None, 0.0))
                     return
@@ -325,13 +338,8 @@ class Dispatcher:
         finally:
             for record in batch:
                 if self._held.pop(record.delivery.id, None) is not None:
-                    key = (record.delivery.kind, record.delivery.destination_id)
-                    self._held_per_destination[key] -= 1
-                    if self._held_per_destination[key] <= 0:
-                        del self._held_per_destination[key]
-                        slot = self._slots.get(key)
-                        if slot is not None and not slot.locked():
-                            del self._slots[key]
+                    for quota, key in self._quotas(record.delivery):
+                        quota.drop(key)
             self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:

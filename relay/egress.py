@@ -11,6 +11,12 @@ starts TLS on the stream we return with ``server_hostname`` set to that name.
 
 A pooled keep-alive connection is reused without a new lookup: it already goes to a
 checked address. Proxies from the environment are ignored (they would bypass this).
+
+Lookups are asynchronous (c-ares, through aiodns) and abandoned after a short timeout
+(``RELAY_DNS_TIMEOUT``). They never use the event loop's default executor, where
+``loop.getaddrinfo`` runs: a name server that does not answer would hold one of its few
+threads for 5-10 s per lookup, and everything else queued there (an HTTP route's check,
+asyncpg resolving a database host name) would wait behind one merchant's hostile names.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiodns
 import httpcore
 import httpx
 
@@ -32,6 +39,7 @@ from relay.errors import RelayError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+DNS_TIMEOUT = 2.0
 
 # Not covered by ``is_global`` / the other flags on every Python version we support.
 _EXTRA_BLOCKED: tuple[IPNetwork, ...] = tuple(
@@ -156,15 +164,45 @@ def validate_url(url: str, allow: Sequence[IPNetwork] = ()) -> str:
     return url
 
 
-async def system_resolver(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to, in the resolver's order."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    seen: list[str] = []
-    for *_, sockaddr in infos:
-        address = str(sockaddr[0])
-        if address not in seen:
-            seen.append(address)
-    return seen
+class SystemResolver:
+    """The system's name servers and hosts file, asked asynchronously through c-ares.
+
+    Called as ``await resolver(host, port)``: every address ``host`` resolves to, in the
+    resolver's order; an ``OSError`` when it does not resolve. An abandoned lookup (see
+    :func:`lookup`) holds no thread, only a pending query that c-ares ends by itself.
+    """
+
+    def __init__(self) -> None:
+        self._dns: aiodns.DNSResolver | None = None
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        if self._dns is None:
+            self._dns = aiodns.DNSResolver(loop=asyncio.get_running_loop())
+        try:
+            result = await self._dns.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
+        except aiodns.error.DNSError as exc:  # args: (c-ares error number, message)
+            raise socket.gaierror(*exc.args) from None
+        seen: list[str] = []
+        for node in result.nodes:
+            raw = node.addr[0]
+            address = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if address not in seen:
+                seen.append(address)
+        return seen
+
+    async def aclose(self) -> None:
+        if self._dns is not None:
+            dns, self._dns = self._dns, None
+            await dns.close()
+
+
+async def lookup(resolve: Resolver, host: str, port: int, seconds: float = DNS_TIMEOUT) -> list[str]:
+    """``resolve(host, port)``, abandoned after ``seconds`` with an ``OSError``."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await resolve(host, port)
+    except TimeoutError:
+        raise socket.gaierror(socket.EAI_AGAIN, f"no answer within {seconds:g} s") from None
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -174,11 +212,13 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self,
         allow: Iterable[IPNetwork] = (),
         *,
-        resolver: Resolver = system_resolver,
+        resolver: Resolver,
+        dns_timeout: float = DNS_TIMEOUT,
         backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self._allow = tuple(allow)
         self._resolve = resolver
+        self._dns_timeout = dns_timeout
         self._backend = backend or httpcore.AnyIOBackend()
 
     async def addresses(self, host: str, port: int) -> list[str]:
@@ -188,7 +228,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             check_address(literal, self._allow, host)
             return [str(literal)]
         try:
-            resolved = await self._resolve(host, port)
+            resolved = await lookup(self._resolve, host, port, self._dns_timeout)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         allowed: list[str] = []
@@ -260,7 +300,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     httpcore's pool does work proportional to its open connections for every request,
     which makes one large pool slow at a few hundred concurrent requests; requests are
     spread over ``shards`` smaller pools by destination (scheme, host, port and path),
-    so an endpoint's keep-alive connections stay in one of them.
+    so an endpoint's keep-alive connections stay in one of them. Each shard may open up
+    to ``max_connections`` (its idle keep-alive connections are its share of them): a
+    destination that holds its connections open without answering must not leave the
+    other destinations hashed to its shard waiting for one. The caller bounds how many
+    requests are in flight.
+
+    Without a ``resolver`` the transport asks the system's name servers through its own
+    :class:`SystemResolver`, closed with it.
     """
 
     def __init__(
@@ -269,12 +316,16 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         *,
         limits: httpx.Limits,
         verify: ssl.SSLContext | bool = True,
-        resolver: Resolver = system_resolver,
+        resolver: Resolver | None = None,
+        dns_timeout: float = DNS_TIMEOUT,
         shards: int = 16,
     ) -> None:
-        backend = GuardedBackend(allow, resolver=resolver)
+        self._own_resolver: SystemResolver | None = None
+        if resolver is None:
+            resolver = self._own_resolver = SystemResolver()
+        backend = GuardedBackend(allow, resolver=resolver, dns_timeout=dns_timeout)
         per_shard = httpx.Limits(
-            max_connections=max(1, -(-(limits.max_connections or 512) // shards)),
+            max_connections=limits.max_connections,
             max_keepalive_connections=max(1, -(-(limits.max_keepalive_connections or 512) // shards)),
             keepalive_expiry=limits.keepalive_expiry,
         )
@@ -293,6 +344,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self._shards:
             await shard.aclose()
+        if self._own_resolver is not None:
+            await self._own_resolver.aclose()
 
 
 def build_client(
@@ -301,14 +354,17 @@ def build_client(
     timeout: float = 15.0,
     max_connections: int = 512,
     verify: ssl.SSLContext | bool = True,
-    resolver: Resolver = system_resolver,
+    resolver: Resolver | None = None,
+    dns_timeout: float = DNS_TIMEOUT,
 ) -> httpx.AsyncClient:
     """The shared outgoing client: SSRF-guarded, no redirects, no environment proxies."""
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=30.0
     )
     return httpx.AsyncClient(
-        transport=GuardedTransport(allow, limits=limits, verify=verify, resolver=resolver),
+        transport=GuardedTransport(
+            allow, limits=limits, verify=verify, resolver=resolver, dns_timeout=dns_timeout
+        ),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

@@ -74,6 +74,12 @@ def world_traversable(path: Path) -> bool:
         return False
 
 
+def system_user() -> str | None:
+    """The unprivileged account to run servers as when started by root (created if missing);
+    None when not root. PostgreSQL and PgBouncer both refuse to run as root."""
+    return _system_user().pw_name if os.geteuid() == 0 else None
+
+
 def _system_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SYSTEM_USER)

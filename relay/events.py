@@ -178,10 +178,12 @@ def parse_event_filter(events: Iterable[str] | str | None, known: Collection[str
         return None
     if not isinstance(events, str | list | tuple):
         raise EventFilterError("expected a list of event names")
-    items = [e.strip() for e in events.split(",")] if isinstance(events, str) else list(events)
-    if not all(isinstance(e, str) for e in items):
-        raise EventFilterError("expected a list of event names")
-    items = [e for e in items if e]
+    if isinstance(events, str):  # the CLI's comma list: blanks between commas are skipped
+        items = [e for e in (e.strip() for e in events.split(",")) if e]
+    else:
+        items = list(events)
+        if not all(isinstance(e, str) and e for e in items):
+            raise EventFilterError("expected a list of event names")
     if not items:
         return None
     unknown = sorted(

@@ -8,7 +8,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 events_received = Counter(
     "relay_events_received_total",
-    "NOTIFY messages received on the booking channels",
+    "NOTIFY messages received on the event channels of the sources (booking_created, ...)",
     ["channel"],
     registry=REGISTRY,
 )
@@ -67,6 +67,12 @@ ws_connections = Gauge(
     "relay_ws_connections",
     "Open live connections, by transport",
     ["transport"],
+    registry=REGISTRY,
+)
+live_refused = Counter(
+    "relay_live_refused_total",
+    "Live-connection input refused: malformed packets, oversized requests, no valid token in time",
+    ["transport", "reason"],
     registry=REGISTRY,
 )
 notify_queue_usage = Gauge(

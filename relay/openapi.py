@@ -44,6 +44,7 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
     "401": ("Unauthorized", "Missing, malformed, wrongly signed or expired bearer token."),
     "404": ("NotFound", "No such resource for the token's merchant."),
     "405": ("MethodNotAllowed", "The method is not supported on this path (see `Allow`)."),
+    "409": ("LimitReached", "The merchant (or user) already has as many as its limit allows."),
     "413": ("TooLarge", "The request body is larger than the route accepts."),
     "422": ("Unprocessable", "A field is invalid; the message names it."),
     "503": ("Unavailable", "The route is off (no JWT key or no VAPID key) or the database is unavailable."),
@@ -297,6 +298,12 @@ def _paths() -> Schema:
             "post": {
                 "operationId": "subscribePush",
                 "summary": "Store a browser push subscription for the token's user and merchant.",
+                "description": (
+                    "One subscription per merchant and endpoint: re-posting it under the same merchant "
+                    "updates it (and gives it to the posting user); another merchant's post of the same "
+                    "endpoint is stored as that merchant's own. 409 past RELAY_PUSH_SUBSCRIPTIONS_PER_USER "
+                    "or RELAY_PUSH_SUBSCRIPTIONS_PER_MERCHANT live subscriptions."
+                ),
                 "security": BEARER,
                 "requestBody": {
                     "required": True,
@@ -308,6 +315,7 @@ def _paths() -> Schema:
                     "400",
                     "401",
                     "405",
+                    "409",
                     "413",
                     "422",
                     "503",
@@ -370,6 +378,7 @@ def _paths() -> Schema:
             "post": {
                 "operationId": "addWebhook",
                 "summary": "Register a webhook endpoint; the answer carries its signing secret.",
+                "description": "409 once the merchant has RELAY_WEBHOOK_ENDPOINTS_PER_MERCHANT endpoints.",
                 "security": BEARER,
                 "requestBody": {
                     "required": True,
@@ -378,6 +387,7 @@ def _paths() -> Schema:
                 "responses": _responses(
                     {"201": _json(_ref("WebhookEndpointCreated"), "Registered.")},
                     "400",
+                    "409",
                     "413",
                     "422",
                     *token_errors,

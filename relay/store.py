@@ -12,12 +12,12 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import asyncpg
 
@@ -65,6 +65,19 @@ class Attempt(NamedTuple):
     status: int | None
     error: str | None
     ms: int | None
+
+
+@dataclass(frozen=True)
+class ClaimRoom:
+    """What one process already holds per destination, merchant and host, and the caps it
+    may hold up to: a claim takes no more than each key's remaining room."""
+
+    destinations: Mapping[int, int]
+    destination_cap: int
+    merchants: Mapping[str, int]
+    merchant_cap: int
+    hosts: Mapping[str, int]
+    host_cap: int
 
 
 @dataclass
@@ -122,6 +135,10 @@ class Store:
         async with self._conn() as conn:
             await conn.fetchval(q("ping"), timeout=within)
 
+    async def backend_pid(self) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(q("backend_pid")))
+
     async def notify_queue_usage(self) -> float:
         async with self._conn() as conn:
             return float(await conn.fetchval(q("notify_queue_usage")))
@@ -163,12 +180,22 @@ class Store:
         return planned, more
 
     async def claim(
-        self, kind: str, saturated: Sequence[int], limit: int, per_destination: int, worker: str, lease: float
+        self, kind: str, limit: int, worker: str, lease: float, room: ClaimRoom
     ) -> list[tuple[Delivery, Event]]:
-        """Lease up to ``limit`` due deliveries of ``kind`` (see ``deliveries_claim``)."""
+        """Lease up to ``limit`` due deliveries of ``kind`` within ``room`` (see ``deliveries_claim``)."""
         async with self._conn() as conn:
             rows = await conn.fetch(
-                q("deliveries_claim"), kind, list(saturated), limit, per_destination, worker, lease
+                q("deliveries_claim"),
+                kind,
+                limit,
+                worker,
+                lease,
+                json.dumps({str(key): n for key, n in room.destinations.items()}),
+                room.destination_cap,
+                json.dumps(room.merchants),
+                room.merchant_cap,
+                json.dumps(room.hosts),
+                room.host_cap,
             )
         claimed = []
         for row in rows:
@@ -180,6 +207,7 @@ class Store:
                 destination_id=row["target_id"],
                 merchant_id=row["merchant_id"],
                 attempts=row["attempts"],
+                host=row["destination"],
             )
             event = Event(
                 position=row["event_position"],
@@ -247,9 +275,14 @@ class Store:
     # ------------------------------------------------------------------ webhook endpoints
 
     async def add_endpoint(
-        self, merchant_id: str, url: str, events: list[str] | None, secret: str
-    ) -> asyncpg.Record:
-        async with self._conn() as conn:
+        self, merchant_id: str, url: str, events: list[str] | None, secret: str, limit: int
+    ) -> asyncpg.Record | None:
+        """Insert an endpoint unless the merchant has ``limit`` already (then None). One
+        merchant's registrations take turns, so concurrent ones cannot pass the limit."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(q("webhook_merchant_lock"), merchant_id)
+            if await conn.fetchval(q("webhook_count"), merchant_id) >= limit:
+                return None
             row: asyncpg.Record = await conn.fetchrow(q("webhook_add"), merchant_id, url, events, secret)
         return row
 
@@ -309,9 +342,20 @@ class Store:
         auth: str,
         expires_at: datetime | None,
         channels: list[str] | None,
-    ) -> tuple[int, bool]:
-        """Store a browser's subscription; return its id and whether it is new."""
-        async with self._conn() as conn:
+        *,
+        per_merchant: int,
+        per_user: int,
+    ) -> tuple[int, bool] | Literal["merchant", "user"]:
+        """Store a browser's subscription (one row per merchant and endpoint); return its id and
+        whether it is new, or which limit of live subscriptions it would pass. One merchant's
+        subscriptions change one at a time, so the counts are still true at the upsert."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(q("push_subscription_lock"), merchant_id)
+            quota = await conn.fetchrow(q("push_subscription_quota"), merchant_id, user_id, endpoint)
+            if not quota["endpoint_live"] and quota["merchant_live"] >= per_merchant:
+                return "merchant"
+            if not quota["endpoint_live_for_user"] and quota["user_live"] >= per_user:
+                return "user"
             row = await conn.fetchrow(
                 q("push_subscription_upsert"),
                 merchant_id,
@@ -373,6 +417,10 @@ class Store:
                 return Source.from_row(await conn.fetchrow(q(query), *args))
             except asyncpg.InvalidParameterValueError as exc:  # the checks' own refusal
                 raise SourceError(str(exc)) from None
+            except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError) as exc:
+                raise SourceError(
+                    "Relay's schema is missing or older than sources: run `relay migrate`"
+                ) from exc
             except asyncpg.PostgresError as exc:  # a missing privilege, say
                 raise SourceError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
 

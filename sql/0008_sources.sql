@@ -33,6 +33,7 @@ BEGIN
         v_fields := v_fields || format(', %L, NEW.%I', v_col, v_col);
     END LOOP;
     IF cardinality(s.watch) > 0 THEN
+        v_changes := E'\n        v_changes := ''{}'';';
         FOREACH v_col IN ARRAY s.watch LOOP
             v_changes := v_changes || format($w$
         IF OLD.%1$I IS DISTINCT FROM NEW.%1$I THEN
@@ -54,7 +55,7 @@ DECLARE
     v_text     text;
     v_merchant text;
     v_key      text;
-    v_changes  jsonb := '{}';
+    v_changes  jsonb;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         v_channel := %1$L;

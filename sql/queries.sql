@@ -11,6 +11,9 @@ SELECT relay.sequence_events();
 -- name: ping
 SELECT 1;
 
+-- name: backend_pid
+SELECT pg_backend_pid();
+
 -- name: notify_queue_usage
 SELECT pg_notification_queue_usage();
 
@@ -108,35 +111,48 @@ SELECT coalesce(max(position), $1) FROM (
 UPDATE relay.cursors SET position = $2 WHERE name = $1;
 
 -- name: deliveries_claim
--- Due deliveries of one channel, at most $4 per target and none of the targets in $2
--- (already saturated in this process). A claim is a lease: next_attempt_at moves to
--- its end, so a delivery held by a process that died becomes due again by itself.
--- The outer conditions are re-checked on the locked row version (another process may
--- have claimed it meanwhile).
+-- Due deliveries of channel $1, at most $2, within what this process may still hold:
+-- per target $6, per merchant $8 and per destination host $10, less what it already
+-- holds ($5, $7, $9: JSON objects key -> count). So one merchant's or one host's backlog
+-- cannot crowd out the others; what is over stays unclaimed and due. A claim is a lease:
+-- next_attempt_at moves to its end, so a delivery held by a process that died becomes due
+-- again by itself. The outer conditions are re-checked on the locked row version
+-- (another process may have claimed it meanwhile).
 WITH candidates AS (
-    SELECT id, row_number() OVER (PARTITION BY target_id ORDER BY next_attempt_at, id) AS rn
+    SELECT id, destination, target_held, merchant_held, host_held,
+           row_number() OVER (PARTITION BY target_id ORDER BY next_attempt_at, id) AS by_target,
+           row_number() OVER (PARTITION BY merchant_id ORDER BY next_attempt_at, id) AS by_merchant,
+           row_number() OVER (PARTITION BY destination ORDER BY next_attempt_at, id) AS by_host
     FROM (
-        SELECT id, target_id, next_attempt_at
-        FROM relay.deliveries
-        WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
-          AND target_id <> ALL ($2::bigint[])
+        SELECT *
+        FROM (
+            SELECT id, target_id, merchant_id, destination, next_attempt_at,
+                   coalesce(($5::jsonb ->> target_id::text)::int, 0) AS target_held,
+                   coalesce(($7::jsonb ->> coalesce(merchant_id, ''))::int, 0) AS merchant_held,
+                   coalesce(($9::jsonb ->> destination)::int, 0) AS host_held
+            FROM relay.deliveries
+            WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+        ) due
+        WHERE target_held < $6 AND merchant_held < $8 AND (destination IS NULL OR host_held < $10)
         ORDER BY next_attempt_at
-        LIMIT $3::int * 10
-    ) due
+        LIMIT $2::int * 10
+    ) allowed
 ), picked AS (
     SELECT d.id
     FROM relay.deliveries d JOIN candidates c ON c.id = d.id
-    WHERE c.rn <= $4 AND d.state IN ('pending', 'sending') AND d.next_attempt_at <= now()
+    WHERE c.by_target <= $6 - c.target_held AND c.by_merchant <= $8 - c.merchant_held
+      AND (c.destination IS NULL OR c.by_host <= $10 - c.host_held)
+      AND d.state IN ('pending', 'sending') AND d.next_attempt_at <= now()
     ORDER BY d.next_attempt_at
-    LIMIT $3
+    LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE relay.deliveries d
-SET state = 'sending', locked_by = $5, locked_until = now() + $6::float8 * interval '1 second',
-    next_attempt_at = now() + $6::float8 * interval '1 second', updated_at = now()
+SET state = 'sending', locked_by = $3, locked_until = now() + $4::float8 * interval '1 second',
+    next_attempt_at = now() + $4::float8 * interval '1 second', updated_at = now()
 FROM picked, relay.events e
 WHERE d.id = picked.id AND e.id = d.event_id
-RETURNING d.id, d.event_id, d.channel, d.target_id, d.merchant_id, d.attempts,
+RETURNING d.id, d.event_id, d.channel, d.target_id, d.merchant_id, d.destination, d.attempts,
           e.position AS event_position, e.channel AS event_channel, e.merchant_id AS event_merchant_id,
           e.payload, e.created_at;
 
@@ -184,8 +200,9 @@ RETURNING id;
 -- name: webhook_plan
 -- One webhook delivery per event with $1 < position <= $2 and per enabled endpoint of the
 -- event's merchant whose filter (NULL = all) names the event or its source (NAME_*).
-INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id)
-SELECT e.id, 'webhook', w.id, e.merchant_id
+-- destination: the URL's host and port (credentials are never part of a stored URL).
+INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id, destination)
+SELECT e.id, 'webhook', w.id, e.merchant_id, lower(substring(w.url from '://([^/?#]*)'))
 FROM relay.events e
 JOIN relay.webhook_endpoints w
   ON w.merchant_id = e.merchant_id AND w.enabled
@@ -199,6 +216,14 @@ ON CONFLICT (event_id, channel, target_id) DO NOTHING;
 SELECT id, merchant_id, url, events, secret, previous_secret, previous_secret_expires_at,
        enabled, disabled_reason, failing_since
 FROM relay.webhook_endpoints WHERE id = $1;
+
+-- name: webhook_merchant_lock
+-- Held until the transaction ends: registrations of one merchant happen one at a time,
+-- so the count checked against the limit is still true at the insert.
+SELECT pg_advisory_xact_lock(hashtext('relay.webhook_endpoints'), hashtext($1));
+
+-- name: webhook_count
+SELECT count(*) FROM relay.webhook_endpoints WHERE merchant_id = $1;
 
 -- name: webhook_add
 INSERT INTO relay.webhook_endpoints (merchant_id, url, events, secret)
@@ -263,8 +288,8 @@ RETURNING id, merchant_id;
 -- name: push_plan
 -- One push delivery per event with $1 < position <= $2 and per live subscription of the
 -- event's merchant whose channels filter (NULL = all) names the event or its source (NAME_*).
-INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id)
-SELECT e.id, 'push', s.id, e.merchant_id
+INSERT INTO relay.deliveries (event_id, channel, target_id, merchant_id, destination)
+SELECT e.id, 'push', s.id, e.merchant_id, lower(substring(s.endpoint from '://([^/?#]*)'))
 FROM relay.events e
 JOIN relay.push_subscriptions s ON s.merchant_id = e.merchant_id
 WHERE e.position > $1 AND e.position <= $2
@@ -279,12 +304,29 @@ SELECT id, merchant_id, endpoint, p256dh, auth, gone_since, expiration_time,
        failure_count, last_success_at > now() - interval '60 seconds' AS recent_success
 FROM relay.push_subscriptions WHERE id = $1;
 
+-- name: push_subscription_lock
+-- Held until the transaction ends: one merchant's subscriptions change one at a time, so
+-- the counts checked against the limits are still true at the upsert.
+SELECT pg_advisory_xact_lock(hashtext('relay.push_subscriptions'), hashtext($1));
+
+-- name: push_subscription_quota
+-- The live subscriptions of merchant $1 and of its user $2, and whether endpoint $3 is
+-- already one of them (re-posting it adds nothing).
+SELECT count(*) AS merchant_live,
+       count(*) FILTER (WHERE user_id = $2) AS user_live,
+       coalesce(bool_or(endpoint = $3), false) AS endpoint_live,
+       coalesce(bool_or(endpoint = $3 AND user_id = $2), false) AS endpoint_live_for_user
+FROM relay.push_subscriptions
+WHERE merchant_id = $1 AND gone_since IS NULL AND (expiration_time IS NULL OR expiration_time > now());
+
 -- name: push_subscription_upsert
+-- One row per merchant and endpoint. A re-post under the same merchant updates the row
+-- (new keys, and the posting user: the browser is now theirs); another merchant's post
+-- of the same endpoint conflicts with nothing here and gets a row of its own.
 INSERT INTO relay.push_subscriptions
     (merchant_id, user_id, endpoint, p256dh, auth, expiration_time, channels)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (endpoint) DO UPDATE SET
-    merchant_id = excluded.merchant_id,
+ON CONFLICT (merchant_id, endpoint) DO UPDATE SET
     user_id = excluded.user_id,
     p256dh = excluded.p256dh,
     auth = excluded.auth,

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute
 from relay import app
 from relay.config import Settings
 from relay.db import create_pool
+from relay.egress import SystemResolver
 from relay.events import Event
 from relay.metrics import REGISTRY
 
@@ -88,7 +89,7 @@ def http_routes(settings: Settings) -> list[BaseRoute]:
     async def build() -> Any:
         pool = await create_pool(settings.require_database_url())
         try:
-            return app.http_app(app.build_services(settings, pool))
+            return app.http_app(app.build_services(settings, pool, SystemResolver()))
         finally:
             await pool.close()
 

@@ -27,6 +27,9 @@ DEFAULT_MAX_PENDING = 10_000  # events held for one client while its replay runs
 DEFAULT_SOCKET_BUFFER = 128 * 1024
 # How long a client that fell behind gets to read its close frame before it is dropped.
 CLOSE_GRACE = 5.0
+# The largest message a live connection may send before it has authenticated (decompressed
+# size): room for a Socket.IO CONNECT with any token that fits in a usual 8 KiB HTTP header.
+UNAUTHENTICATED_MAX_MESSAGE = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)

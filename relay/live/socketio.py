@@ -7,33 +7,47 @@ payloads, ``payment_created`` ... for an attached source); ``subscribe`` /
 ``unsubscribe`` follow the /ws tenant rule and answer ``subscribed`` / ``unsubscribed``
 or ``error``.
 
+Hostile input is stopped in front of engineio (``Gateway.__call__``): a long-polling
+POST over its limit is answered 413 without reading it, a packet that engineio or
+socketio would fail on is refused with one log line (the connection is closed), and
+an Engine.IO session that has not connected ``/notifications`` with a valid token
+within ``RELAY_AUTH_TIMEOUT`` seconds is closed. Until then a client may send at most
+``UNAUTHENTICATED_MAX_MESSAGE`` bytes at a time, ``MAX_MESSAGE`` afterwards.
+
 Fan-out: the Engine.IO packet of an event (``42/notifications,["booking_created",{...}]``)
 is built once per room. A client on the websocket transport whose Engine.IO queue
 is empty gets the prebuilt frame written straight to its connection; any other
 client (polling, upgrading, or with packets still queued) gets the same packet
-put on its Engine.IO queue, so per-client order is kept either way.
+put on its Engine.IO queue, so per-client order is kept either way. The libraries'
+internals this needs are in ``relay.live.eio``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import socketio
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import metrics
 from relay.auth import AuthError, TokenVerifier
 from relay.events import Event
-from relay.live.eio import EngineSocket, end_long_polls_on_disconnect, event_packet, websocket_send
-from relay.live.hub import Encoded, Hub, Interest, Sink
-from relay.live.websocket import CLOSE_TOO_SLOW, OFF_MESSAGE
+from relay.http_auth import error
+from relay.live import eio
+from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Encoded, Hub, Interest, Sink
+from relay.live.websocket import CLOSE_POLICY, CLOSE_TOO_SLOW, OFF_MESSAGE
 from relay.live.wire import RawSocket
+from relay.logs import Throttled
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/notifications"
+PATH = "/socket.io/"
+# The largest message (a WebSocket message, or a long-polling POST body) once connected.
 MAX_MESSAGE = 64 * 1024
 
 
@@ -41,7 +55,7 @@ class SocketIOTransport:
     name = "socketio"
 
     def encode(self, event: Event) -> Encoded:
-        text, packet = event_packet(NAMESPACE, event.channel, dict(event.data))
+        text, packet = eio.event_packet(NAMESPACE, event.channel, dict(event.data))
         return Encoded.of(text, packet)
 
 
@@ -53,11 +67,12 @@ class SioSink(Sink):
         super().__init__(hub, TRANSPORT, interest)
         self.sid = sid
         self._server = server
-        self._eio = EngineSocket.of(server, sid, NAMESPACE)
-        self._send = websocket_send(server, sid, NAMESPACE)
+        self._eio = eio.EngineSocket.of(server, sid, NAMESPACE)
+        self._send = eio.websocket_send(server, sid, NAMESPACE)
         self._raw = RawSocket.of(self._send)
         if self._raw is not None:
             self._raw.limit_kernel_buffer(hub.socket_buffer)
+            self._raw.limit_messages(MAX_MESSAGE)
         self.expiry: asyncio.TimerHandle | None = None
 
     @property
@@ -65,25 +80,23 @@ class SioSink(Sink):
         return self._raw is not None
 
     def write(self, encoded: Encoded) -> None:
-        eio = self._eio
-        if eio is None or eio.closed:
+        engine = self._eio
+        if engine is None or engine.closed:
             self.closed = True
             self.hub.leave(self)
             return
         raw = self._raw
-        queued = eio.queued
+        queued = engine.queued
         # The client's backlog in bytes, roughly: the transport's buffer and the library's queue.
         backlog = (raw.buffered if raw is not None else 0) + queued * len(encoded.frame)
         if backlog > self.hub.max_buffer or queued >= self.hub.max_pending:
             self.fall_behind()
-        elif (
+        elif raw is not None and engine.on_websocket and not queued and raw.writable and raw.open:
             # Straight to the connection only when nothing the library queued (or holds back
             # while the transport is paused) could be overtaken: per-client order is kept.
-            raw is not None and eio.on_websocket and not queued and raw.writable and raw.open
-        ):
             raw.write(encoded.frame)
         else:
-            eio.put(encoded.packet)
+            engine.put(encoded.packet)
 
     def overflow(self) -> None:
         send, raw = self._send, self._raw
@@ -95,50 +108,65 @@ class SioSink(Sink):
 
 
 class Gateway:
-    """The Socket.IO server in front of the other routes; its clients join ``hub``'s rooms."""
+    """The Socket.IO server of one relay; once ``mount``ed, the ASGI app that guards it.
 
-    def __init__(self, hub: Hub, verifier: TokenVerifier | None, allowed_origins: list[str]) -> None:
-        self._sinks: dict[str, SioSink] = {}
-        self.server = build_server(hub, verifier, allowed_origins, self._sinks)
+    Its clients join ``hub``'s rooms; ``verifier`` None (no JWT key) refuses every
+    CONNECT; a session must connect within ``auth_timeout`` seconds.
+    """
+
+    def __init__(
+        self, hub: Hub, verifier: TokenVerifier | None, allowed_origins: list[str], auth_timeout: float
+    ) -> None:
+        self.hub, self.verifier, self.auth_timeout = hub, verifier, auth_timeout
+        origins = allowed_origins
+        self.server = server = socketio.AsyncServer(
+            async_mode="asgi",
+            # None: same origin only
+            cors_allowed_origins=("*" if "*" in origins else origins) if origins else None,
+            max_http_buffer_size=MAX_MESSAGE,
+            # Loggers rather than False: with False each library adds a handler of its own,
+            # and every line it logs comes out twice.
+            logger=logging.getLogger("socketio.server"),
+            engineio_logger=logging.getLogger("engineio.server"),
+        )
+        self.app: ASGIApp | None = None
+        self.sinks: dict[str, SioSink] = {}
+        self.gauge = metrics.ws_connections.labels(transport="socketio")
+        self.refusals = {reason: Throttled(logger) for reason in ("malformed", "too_large", "auth_timeout")}
+        eio.hook(server, connected=self.eio_connect)
+        server.on("connect", self.connect, namespace=NAMESPACE)
+        server.on("disconnect", self.disconnect, namespace=NAMESPACE)
+        server.on("subscribe", self.subscribe, namespace=NAMESPACE)
+        server.on("unsubscribe", self.unsubscribe, namespace=NAMESPACE)
 
     def mount(self, app: ASGIApp) -> ASGIApp:
         """Serve Socket.IO at /socket.io/ in front of ``app`` (every other path)."""
-        asgi: ASGIApp = socketio.ASGIApp(self.server, other_asgi_app=app, socketio_path="socket.io")
-        return asgi
+        self.app = socketio.ASGIApp(self.server, other_asgi_app=app, socketio_path="socket.io")
+        return self
 
     async def disconnect_all(self) -> None:
         """At shutdown: close every client (they reconnect to another process)."""
-        for sid in list(self._sinks):
+        for sid in list(self.sinks):
             await self.server.disconnect(sid, namespace=NAMESPACE)
 
+    # Socket.IO handlers
 
-def build_server(
-    hub: Hub, verifier: TokenVerifier | None, origins: list[str], sinks: dict[str, SioSink]
-) -> socketio.AsyncServer:
-    server = socketio.AsyncServer(
-        async_mode="asgi",
-        cors_allowed_origins=("*" if "*" in origins else origins) if origins else None,  # None: same origin
-        max_http_buffer_size=MAX_MESSAGE,
-        logger=False,
-        engineio_logger=False,
-    )
-    gauge = metrics.ws_connections.labels(transport="socketio")
-
-    async def connect(sid: str, environ: dict[str, Any], auth: object = None) -> None:
-        if verifier is None:
+    async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        hub, server = self.hub, self.server
+        if self.verifier is None:
             raise socketio.exceptions.ConnectionRefusedError(OFF_MESSAGE)
         token = auth.get("token") if isinstance(auth, dict) else None
         if not token:
             scheme, _, value = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else None
         try:
-            claims = verifier.verify(token if isinstance(token, str) else None)
+            claims = self.verifier.verify(token if isinstance(token, str) else None)
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         sink = SioSink(hub, Interest(claims.merchant_id, hub.sources), server, sid)
-        sinks[sid] = sink
+        self.sinks[sid] = sink
         hub.join(sink)
-        gauge.inc()
+        self.gauge.inc()
         hello = {"userId": claims.user_id, "merchantId": claims.merchant_id}
 
         async def greet() -> None:
@@ -153,37 +181,139 @@ def build_server(
             lambda: hub.spawn(lambda: server.disconnect(sid, namespace=NAMESPACE)),
         )
 
-    async def disconnect(sid: str, *_reason: object) -> None:
-        sink = sinks.pop(sid, None)
+    async def disconnect(self, sid: str, *_reason: object) -> None:
+        sink = self.sinks.pop(sid, None)
         if sink is None:
             return
         sink.closed = True
         sink.hub.leave(sink)
         if sink.expiry is not None:
             sink.expiry.cancel()
-        gauge.dec()
+        self.gauge.dec()
 
-    async def change(kind: str, sid: str, data: object) -> None:
-        sink = sinks.get(sid)
+    async def change(self, kind: str, sid: str, data: object) -> None:
+        sink = self.sinks.get(sid)
         if sink is None:
             return
         channel = data.get("channel") if isinstance(data, dict) else data
         method = sink.interest.subscribe if kind == "subscribe" else sink.interest.unsubscribe
         problem = method(channel)
         if problem is not None:
-            await server.emit("error", {"message": problem}, to=sid, namespace=NAMESPACE)
+            await self.server.emit("error", {"message": problem}, to=sid, namespace=NAMESPACE)
         else:
-            await server.emit(f"{kind}d", {"channel": channel}, to=sid, namespace=NAMESPACE)
+            await self.server.emit(f"{kind}d", {"channel": channel}, to=sid, namespace=NAMESPACE)
 
-    async def subscribe(sid: str, data: object = None) -> None:
-        await change("subscribe", sid, data)
+    async def subscribe(self, sid: str, data: object = None) -> None:
+        await self.change("subscribe", sid, data)
 
-    async def unsubscribe(sid: str, data: object = None) -> None:
-        await change("unsubscribe", sid, data)
+    async def unsubscribe(self, sid: str, data: object = None) -> None:
+        await self.change("unsubscribe", sid, data)
 
-    end_long_polls_on_disconnect(server)
-    server.on("connect", connect, namespace=NAMESPACE)
-    server.on("disconnect", disconnect, namespace=NAMESPACE)
-    server.on("subscribe", subscribe, namespace=NAMESPACE)
-    server.on("unsubscribe", unsubscribe, namespace=NAMESPACE)
-    return server
+    # Engine.IO sessions
+
+    async def eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        asyncio.get_running_loop().call_later(self.auth_timeout, self.check_authenticated, eio_sid, environ)
+
+    def authenticated(self, eio_sid: str | None) -> bool:
+        """True once the session has connected /notifications with a valid token."""
+        return eio.session_of(self.server, eio_sid, NAMESPACE) in self.sinks
+
+    def check_authenticated(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        engine = eio.EngineSocket.of_engine(self.server, eio_sid)
+        if engine is not None and not engine.closed and not self.authenticated(eio_sid):
+            self.refuse("auth_timeout", eio.scope_of(environ), "no valid CONNECT in time")
+            self.hub.spawn(engine.end)
+
+    def refuse(self, reason: str, scope: Scope, detail: str) -> None:
+        metrics.live_refused.labels(transport="socketio", reason=reason).inc()
+        client = scope.get("client") or ("?", 0)
+        self.refusals[reason].warning("Socket.IO: refused %s from %s: %s", reason, client[0], detail)
+
+    # The guard in front of engineio
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None, "mount() the gateway first"
+        path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or not (path.rstrip("/") + "/").startswith(PATH):
+            await self.app(scope, receive, send)
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        eio_sid = query.get("sid", [None])[0]
+        if scope["type"] == "websocket":
+            await self.app(scope, self.checked_frames(scope, receive, send, eio_sid), send)
+        elif scope.get("method") == "POST":
+            await self.post(scope, receive, send, eio_sid)
+        else:
+            await self.app(scope, receive, send)
+
+    def checked_frames(self, scope: Scope, receive: Receive, send: Send, eio_sid: str | None) -> Receive:
+        """``receive`` for engineio that refuses malformed packets (closing with 1008)."""
+        raw = RawSocket.of(send)
+        if raw is not None and self.authenticated(eio_sid):
+            raw.limit_messages(MAX_MESSAGE)  # the upgrade of a connected long-polling session
+
+        async def checked() -> Message:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return message
+            text = message.get("text")
+            problem = eio.packet_problem(text if text is not None else message.get("bytes"), websocket=True)
+            if problem is None:
+                return message
+            self.refuse("malformed", scope, problem)
+            with contextlib.suppress(RuntimeError, OSError):
+                await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "malformed packet"})
+            return {"type": "websocket.disconnect", "code": CLOSE_POLICY}
+
+        return checked
+
+    async def post(self, scope: Scope, receive: Receive, send: Send, eio_sid: str | None) -> None:
+        """A long-polling POST: bounded, checked, then handed to engineio."""
+        assert self.app is not None
+        limit = MAX_MESSAGE if self.authenticated(eio_sid) else UNAUTHENTICATED_MAX_MESSAGE
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            await error(400, "invalid Content-Length")(scope, receive, send)
+            return
+        too_large = declared is not None and int(declared) > limit
+        body = b"" if too_large else await read_body(receive, limit)
+        if body is None:
+            return  # the client went away
+        if too_large or len(body) > limit:
+            self.refuse("too_large", scope, f"a POST over {limit} bytes")
+            await error(413, f"request body over {limit} bytes")(scope, receive, send)
+            return
+        problem = eio.payload_problem(body)
+        if problem is not None:
+            self.refuse("malformed", scope, problem)
+            engine = eio.EngineSocket.of_engine(self.server, eio_sid)
+            if engine is not None:
+                await engine.end()
+            await error(400, f"malformed packet: {problem}")(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        # engineio reads as many bytes as Content-Length says (none for a chunked body)
+        framing = (b"content-length", b"transfer-encoding")
+        headers = [(k, v) for k, v in scope.get("headers", []) if k not in framing]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, read no further than past ``limit`` bytes; None if the client left."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += bytes(message.get("body", b""))
+        if len(body) > limit or not message.get("more_body"):
+            return body

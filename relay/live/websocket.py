@@ -133,6 +133,9 @@ def routes(
 
 async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebSocket) -> None:
     token = websocket.query_params.get("token") or bearer_token(websocket)
+    raw = RawSocket.of_scope(websocket.scope)
+    if raw is not None:
+        raw.limit_messages(MAX_MESSAGE)  # the server refuses bigger ones before inflating them
     await websocket.accept()
     try:
         claims = verifier.verify(token)
@@ -149,9 +152,7 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
             await close(websocket, CLOSE_POLICY, "invalid cursor")
             return
 
-    sink = WsSink(
-        hub, Interest(claims.merchant_id, hub.sources), websocket, RawSocket.of_scope(websocket.scope)
-    )
+    sink = WsSink(hub, Interest(claims.merchant_id, hub.sources), websocket, raw)
     hub.join(sink)  # from here every live event is held until go_live
     gauge = metrics.ws_connections.labels(transport="ws")
     gauge.inc()

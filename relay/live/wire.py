@@ -13,6 +13,14 @@ RFC 7692 section 6). Only the hot path (events) goes this way; everything else
 The ASGI ``send`` callable handed to the outermost app is the protocol's bound
 method; ``CaptureSend`` records it in the scope so that handlers behind
 middleware that wraps ``send`` can still find the connection.
+
+Incoming messages are bounded before they are decompressed or buffered: the
+websockets parser stops inflating a message at the connection's limit (``max_size``
+counts decompressed bytes, across fragments) and fails the connection with 1009;
+every connection starts at ``config.ws_max_size`` (the limit for clients that have
+not authenticated yet) and the application raises or lowers it per connection
+(``RawSocket.limit_messages``). uvicorn's wsproto implementation, by contrast,
+inflates a whole frame before it compares sizes.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
@@ -34,8 +43,26 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 SCOPE_KEY = "relay.raw_send"
-# What RawSocket reads of uvicorn's protocol (set in WebSocketsSansIOProtocol.__init__).
-PROTOCOL_ATTRIBUTES = ("transport", "handshake_complete", "close_sent", "disconnected", "writable", "conn")
+# What this module reads or drives of uvicorn's protocol (set in
+# WebSocketsSansIOProtocol.__init__, or its methods overridden here).
+PROTOCOL_ATTRIBUTES = (
+    "transport",
+    "handshake_complete",
+    "close_sent",
+    "disconnected",
+    "writable",
+    "conn",
+    "queue",
+    "read_paused",
+    "close_timer",
+    "close_timeout",
+    "loop",
+)
+PROTOCOL_METHODS = ("data_received", "handle_parser_exception", "receive", "send")
+# Bytes read from a client handed to the parser at a time. A slice of compressed input
+# inflates to at most ~1 MB (deflate's ratio is about 1:1000), and the next slice is
+# parsed only once the application has taken every message of the previous one.
+PARSE_SLICE = 1024
 
 
 def text_frame(text: str) -> bytes:
@@ -44,12 +71,17 @@ def text_frame(text: str) -> bytes:
 
 
 class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets protocol with a permessage-deflate that holds no zlib state
-    between messages (``server_no_context_takeover``, ``client_no_context_takeover``).
+    """uvicorn's websockets protocol, with bounded reads and a lean permessage-deflate.
 
-    With context takeover every connection keeps a compressor and a decompressor
-    alive (about 37 KB together at uvicorn's settings) even while idle; live pages are
-    idle nearly all the time and Relay's event frames are sent uncompressed anyway.
+    * permessage-deflate holds no zlib state between messages (``server_no_context_takeover``,
+      ``client_no_context_takeover``). With context takeover every connection keeps a
+      compressor and a decompressor alive (about 37 KB together at uvicorn's settings)
+      even while idle; live pages are idle nearly all the time and Relay's event frames
+      are sent uncompressed anyway.
+    * What a client sends is parsed ``PARSE_SLICE`` bytes at a time, and only while the
+      application keeps up. uvicorn parses everything one read returns (up to 256 KiB)
+      before it pauses reading: thousands of small compressed messages in one read would
+      all be inflated at once, each within the size limit.
     """
 
     def __init__(
@@ -60,6 +92,8 @@ class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.unparsed = bytearray()
+        self.failed = False  # the client broke the protocol; what it sends now is dropped
         if config.ws_per_message_deflate:
             deflate = ServerPerMessageDeflateFactory(
                 server_no_context_takeover=True,
@@ -71,6 +105,57 @@ class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn = ServerProtocol(
                 extensions=[deflate], max_size=config.ws_max_size, logger=logging.getLogger("uvicorn.error")
             )
+
+    def data_received(self, data: bytes) -> None:
+        if not self.failed:
+            self.unparsed += data
+            self.parse_some()
+
+    def parse_some(self) -> None:
+        """Parse what was read, a slice at a time, until a slice yields something for the app."""
+        while self.unparsed and (self.queue.empty() or self.close_sent):
+            piece = bytes(self.unparsed[:PARSE_SLICE])
+            del self.unparsed[:PARSE_SLICE]
+            super().data_received(piece)
+            if self.failed or self.transport.is_closing():
+                self.unparsed.clear()
+                return
+        if self.unparsed and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def handle_parser_exception(self) -> None:
+        """The client broke a rule (e.g. a message over its limit: 1009): send the close
+        frame, half-close, and drop whatever else the client sends until it closes.
+
+        uvicorn closes the socket at once instead; with the client's data still unread the
+        kernel resets the connection, and the close frame and its code are lost.
+        """
+        close = self.conn.close_sent
+        code, reason = (close.code, close.reason) if close is not None else (1006, "")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = self.failed = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await self.queue.get()
+        if self.queue.empty():
+            self.parse_some()
+        if self.read_paused and self.queue.empty() and not self.unparsed:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if self.close_sent and self.unparsed:  # the client's close frame may be waiting in there
+            self.parse_some()
 
 
 class ServerWithoutSignals(uvicorn.Server):
@@ -121,6 +206,10 @@ class RawSocket:
 
     def write(self, frame: bytes) -> None:
         self._transport.write(frame)
+
+    def limit_messages(self, size: int) -> None:
+        """Refuse (close 1009) any later message over ``size`` bytes once decompressed."""
+        self._protocol.conn.max_message_size = size
 
     async def close_then_abort(self, send_close: Awaitable[object], grace: float) -> None:
         """Send the close frame through the server (at most ``grace`` s: a stalled client keeps

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import asyncpg
@@ -13,11 +13,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay.auth import TokenVerifier
-from relay.config import IPNetwork
+from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS
+from relay.egress import Resolver
 from relay.events import Sources
 from relay.http_auth import MAX_BODY, authenticate, error, read_json
-from relay.push.subscriptions import EndpointIn, SubscriptionIn, endpoint_problem
+from relay.push.subscriptions import (
+    EndpointIn,
+    LimitReached,
+    SubscriptionIn,
+    endpoint_problem,
+    store_subscription,
+)
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
@@ -47,10 +54,15 @@ def field_error(field: str, message: str) -> JSONResponse:
 
 
 def routes(
-    store: Store, verifier: TokenVerifier | None, public_key: str | None, egress_allow: Sequence[IPNetwork]
+    store: Store,
+    verifier: TokenVerifier | None,
+    public_key: str | None,
+    settings: Settings,
+    resolver: Resolver,
 ) -> list[BaseRoute]:
     """The Web Push routes; ``public_key`` None (Web Push off) answers 503, as does ``verifier``
-    None (no JWT key) on the token routes."""
+    None (no JWT key) on the token routes. ``settings`` gives the egress allow-list, the DNS
+    timeout and the subscription limits; ``resolver`` looks up plain-http endpoints."""
 
     async def vapid_public_key(_request: Request) -> Response:
         if public_key is None:
@@ -88,23 +100,20 @@ def routes(
             sub = SubscriptionIn.model_validate(body)
         except ValidationError as exc:
             return invalid(exc)
-        problem = await endpoint_problem(sub.endpoint, egress_allow)
+        problem = await endpoint_problem(sub.endpoint, settings.egress_allow, resolver, settings.dns_timeout)
         if problem is not None:
             return field_error("endpoint", problem)
         known = Sources(await store.sources()).channels
         try:
-            channels = sub.channel_filter(known)
+            sub = sub.model_copy(update={"channels": sub.channel_filter(known)})
         except ValueError as exc:
             return field_error("channels", str(exc))
-        subscription_id, created = await store.upsert_subscription(
-            claims.merchant_id,
-            claims.user_id,
-            sub.endpoint,
-            sub.keys.p256dh,
-            sub.keys.auth,
-            sub.expires_at,
-            channels,
-        )
+        try:
+            subscription_id, created = await store_subscription(
+                store, settings, claims.merchant_id, claims.user_id, sub
+            )
+        except LimitReached as exc:
+            return error(409, str(exc))
         logger.info(
             "push subscription %s %s",
             subscription_id,
@@ -115,7 +124,7 @@ def routes(
                 "subscription_id": subscription_id,
             },
         )
-        return JSONResponse({"id": subscription_id, "channels": channels or list(known)}, status_code=201)
+        return JSONResponse({"id": subscription_id, "channels": sub.channels or list(known)}, status_code=201)
 
     return [
         Route("/push/vapid-public-key", vapid_public_key, methods=["GET"]),

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600  # seconds a push service keeps a message for an offline device
 PER_ORIGIN = 64
+SEND_TIMEOUT = 15.0  # seconds a push service has to answer, however it trickles
 _RETRY_STATUSES = frozenset({408, 425, 429})
 
 
@@ -67,6 +68,7 @@ class WebPushSender:
     # Requests in flight per push service and process: enough to hide a push service's
     # round trip (64 / 50 ms = 1280/s), few enough not to flood it or the connection pool.
     per_origin: int = PER_ORIGIN
+    timeout: float = SEND_TIMEOUT
     _gates: dict[str, asyncio.Semaphore] = field(default_factory=dict, repr=False)
 
     def _gate(self, endpoint: str) -> asyncio.Semaphore:
@@ -108,7 +110,10 @@ class WebPushSender:
 
     async def _post(self, request: httpx.Request) -> Outcome:
         try:
-            response = await self.client.send(request)
+            async with asyncio.timeout(self.timeout):
+                response = await self.client.send(request)
+        except TimeoutError:
+            return Outcome("retry", None, f"push service did not answer within {self.timeout:g} s")
         except EgressRefused as exc:  # the destination resolves to a blocked address: retried
             return Outcome("retry", None, str(exc))
         except httpx.HTTPError as exc:

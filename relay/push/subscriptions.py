@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.config import IPNetwork
-from relay.egress import EgressRefused, system_resolver, validate_url
+from relay.config import IPNetwork, Settings
+from relay.egress import EgressRefused, Resolver, literal_address, lookup, validate_url
+from relay.errors import RelayError
 from relay.events import EventFilterError, parse_event_filter
 from relay.push.vapid import b64url_decode
 from relay.store import Store
@@ -115,9 +116,12 @@ class EndpointIn(BaseModel):
         return value
 
 
-async def endpoint_problem(endpoint: str, allow: Sequence[IPNetwork]) -> str | None:
+async def endpoint_problem(
+    endpoint: str, allow: Sequence[IPNetwork], resolve: Resolver, dns_timeout: float
+) -> str | None:
     """Why the egress guard refuses an endpoint: a literal non-public address outside
-    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it."""
+    RELAY_EGRESS_ALLOW, or plain http to a host that does not resolve inside it. A host
+    name is looked up with ``resolve``, abandoned after ``dns_timeout`` seconds."""
     try:
         validate_url(endpoint, allow)
     except EgressRefused as exc:
@@ -126,14 +130,62 @@ async def endpoint_problem(endpoint: str, allow: Sequence[IPNetwork]) -> str | N
     if parts.scheme == "https":
         return None
     refused = "must be an https URL (http only to hosts inside RELAY_EGRESS_ALLOW)"
-    try:
-        resolved = await system_resolver(parts.hostname or "", parts.port or 80)
-    except OSError:
-        return refused + "; the host does not resolve"
-    addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
+    host = parts.hostname or ""
+    literal = literal_address(host)
+    if literal is None and (host == "localhost" or host.endswith(".localhost")):
+        literal = ipaddress.ip_address("127.0.0.1")  # RFC 6761, as validate_url
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            resolved = await lookup(resolve, host, parts.port or 80, dns_timeout)
+        except OSError:
+            return refused + "; the host does not resolve"
+        addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
     if not addresses or not all(any(a in net for net in allow) for a in addresses):
         return refused
     return None
+
+
+class LimitReached(RelayError):
+    """A tenant already has as many of something as its limit allows."""
+
+
+async def store_subscription(
+    store: Store, settings: Settings, merchant_id: str, user_id: str, sub: SubscriptionIn
+) -> tuple[int, bool]:
+    """Create or update the merchant's row for this endpoint, within the limits; return its
+    id and whether it is new.
+
+    The row is the merchant's alone: another merchant's post of the same endpoint gets a
+    row of its own. Under the same merchant, a post by another user moves the row to that
+    user (the browser is now theirs). Live subscriptions count against
+    ``push_subscriptions_per_merchant`` and, per user, ``push_subscriptions_per_user``;
+    re-posting one already counted adds nothing. Raises :class:`LimitReached`.
+    """
+    per_merchant, per_user = settings.push_subscriptions_per_merchant, settings.push_subscriptions_per_user
+    stored = await store.upsert_subscription(
+        merchant_id,
+        user_id,
+        sub.endpoint,
+        sub.keys.p256dh,
+        sub.keys.auth,
+        sub.expires_at,
+        sub.channels,
+        per_merchant=per_merchant,
+        per_user=per_user,
+    )
+    if stored == "merchant":
+        raise LimitReached(
+            f"this merchant already has {per_merchant} push subscriptions "
+            "(RELAY_PUSH_SUBSCRIPTIONS_PER_MERCHANT); remove one first"
+        )
+    if stored == "user":
+        raise LimitReached(
+            f"this user already has {per_user} push subscriptions for this merchant "
+            "(RELAY_PUSH_SUBSCRIPTIONS_PER_USER); remove one first"
+        )
+    return stored
 
 
 async def prune_subscriptions(store: Store) -> int:

@@ -7,9 +7,8 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from relay.config import Settings
+from relay.db import connect_once
 from relay.egress import EgressRefused
 from relay.errors import RelayError
 from relay.retry import parse_delay
@@ -47,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
-    conn = await asyncpg.connect(settings.require_database_url(), timeout=10)
+    conn = await connect_once(settings.require_database_url())
     try:
         return await action(Store(conn))
     finally:
@@ -64,6 +63,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     url=args.url,
                     events=args.events,
                     allow=settings.egress_allow,
+                    limit=settings.webhook_endpoints_per_merchant,
                 )
             except EgressRefused as exc:
                 raise RelayError(f"--url: {exc}") from None

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from relay.config import WEBHOOK_ENDPOINTS_PER_MERCHANT
 from relay.egress import IPNetwork, validate_url
 from relay.errors import RelayError
 from relay.events import CHANNELS, EventFilterError, Sources, parse_event_filter
@@ -26,6 +27,10 @@ DEFAULT_ROTATION_OVERLAP = 24 * 3600.0
 
 class EndpointError(RelayError):
     """The webhook endpoint request is not valid."""
+
+
+class EndpointLimitReached(RelayError):
+    """The merchant already has as many endpoints as it may register."""
 
 
 def parse_events(events: Iterable[str] | str | None, known: Sequence[str] = CHANNELS) -> list[str] | None:
@@ -62,14 +67,24 @@ async def add_endpoint(
     url: str,
     events: Iterable[str] | str | None = None,
     allow: Sequence[IPNetwork] = (),
+    limit: int = WEBHOOK_ENDPOINTS_PER_MERCHANT,
 ) -> tuple[dict[str, Any], str]:
-    """Register an endpoint; return it and its new secret."""
+    """Register an endpoint; return it and its new secret.
+
+    A merchant has at most ``limit`` endpoints, enabled or not (``EndpointLimitReached``
+    past it); registrations of one merchant take turns, so concurrent ones cannot pass it.
+    """
     if not isinstance(merchant_id, str) or not merchant_id:
         raise EndpointError("merchant is required")
     url = validate_url(url, allow)
     filters = None if events is None else parse_events(events, Sources(await store.sources()).channels)
     secret = new_secret()
-    row = await store.add_endpoint(merchant_id, url, filters, secret)
+    row = await store.add_endpoint(merchant_id, url, filters, secret, limit)
+    if row is None:
+        raise EndpointLimitReached(
+            f"merchant {merchant_id} already has {limit} webhook endpoints "
+            "(RELAY_WEBHOOK_ENDPOINTS_PER_MERCHANT); remove one first"
+        )
     logger.info(
         "webhook endpoint %s added", row["id"], extra={"merchant_id": merchant_id, "endpoint_id": row["id"]}
     )

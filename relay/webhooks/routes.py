@@ -16,7 +16,7 @@ from relay.db import TRANSIENT_ERRORS
 from relay.egress import EgressRefused, IPNetwork
 from relay.http_auth import authenticate, error, read_json
 from relay.store import Store
-from relay.webhooks.endpoints import EndpointError, add_endpoint, list_endpoints
+from relay.webhooks.endpoints import EndpointError, EndpointLimitReached, add_endpoint, list_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ async def _json_body(request: Request) -> dict[str, Any] | Response:
 
 
 def routes(
-    store: Store, verifier: TokenVerifier | None, egress_allow: Sequence[IPNetwork]
+    store: Store, verifier: TokenVerifier | None, egress_allow: Sequence[IPNetwork], endpoint_limit: int
 ) -> list[BaseRoute]:
-    """The merchant webhooks API over ``store``; 503 while ``verifier`` is None (no JWT key)."""
+    """The merchant webhooks API over ``store``; 503 while ``verifier`` is None (no JWT key).
+    A merchant registers at most ``endpoint_limit`` endpoints (409 past it)."""
 
     async def endpoints(request: Request) -> Response:
         try:
@@ -62,11 +63,14 @@ def routes(
                     url=body.get("url"),  # type: ignore[arg-type]  # validated inside
                     events=body.get("events"),
                     allow=egress_allow,
+                    limit=endpoint_limit,
                 )
             except EgressRefused as exc:
                 return error(422, f"url: {exc}")
             except EndpointError as exc:
                 return error(422, f"events: {exc}")
+            except EndpointLimitReached as exc:
+                return error(409, str(exc))
             return JSONResponse({**endpoint, "secret": secret}, status_code=201)
         # DELETE /webhooks with {"id"}, or DELETE /webhooks/{id}
         raw_id: Any = request.path_params.get("endpoint_id")

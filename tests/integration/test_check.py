@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import uuid
 
-import pytest
+import asyncpg
 
-from relay.check import check, pooler_hint
-from relay.config import Settings
 from relay.embedded import free_port
+from tests.support import with_user
 
 
 def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -31,7 +32,7 @@ def test_check_passes_against_a_migrated_database(db_url: str) -> None:
     assert 'ok   trigger attached to "Booking"' in lines
     assert any(line.startswith("ok   LISTEN works on the listen connection") for line in lines)
     assert not any(line.startswith("fail") for line in lines)
-    assert not any("pooler" in line for line in lines)
+    assert "ok   LISTEN uses DATABASE_URL (RELAY_LISTEN_DATABASE_URL is unset or the same)" in lines
 
 
 def test_check_fails_with_one_clear_line_when_the_database_is_unreachable() -> None:
@@ -49,33 +50,61 @@ def test_check_names_the_missing_database_url() -> None:
     assert "DATABASE_URL is missing" in result.stderr
 
 
-async def test_check_warns_when_the_listen_url_looks_like_a_transaction_pooler(
-    settings: Settings,
-) -> None:
-    pooled = settings.model_copy(
-        update={"listen_database_url": f"postgresql://postgres@127.0.0.1:{6432}/postgres"}
+def test_check_says_what_each_direct_url_is_used_for(db_url: str) -> None:
+    result = run_check({"DATABASE_URL": db_url, "RELAY_LISTEN_DATABASE_URL": db_url + "?application_name=x"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        "ok   DATABASE_URL is a direct session connection: used for Relay's queries and transactions, "
+        "with prepared statements"
+    ) in lines
+    assert (
+        "ok   RELAY_LISTEN_DATABASE_URL is a direct session connection: used for LISTEN and any work "
+        "that needs a session"
+    ) in lines
+
+
+def test_check_reports_an_unreachable_listen_url_in_one_line(db_url: str) -> None:
+    result = run_check(
+        {
+            "DATABASE_URL": db_url,
+            "RELAY_LISTEN_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+        }
     )
-    lines = await check(pooled)
-    warnings = [text for status, text in lines if status == "warn" and "pooler" in text]
-    assert len(warnings) == 1
-    assert "port 6432" in warnings[0]
-    assert "RELAY_LISTEN_DATABASE_URL" in warnings[0]
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("fail")]
+    assert len(failed) == 1, result.stdout
+    assert failed[0].startswith("fail listen connection unreachable at RELAY_LISTEN_DATABASE_URL: ")
+    assert "Traceback" not in result.stderr
 
 
-async def test_check_does_not_warn_about_a_direct_listen_url(settings: Settings) -> None:
-    lines = await check(settings)
-    assert [text for status, text in lines if status == "warn" and "pooler" in text] == []
+def test_check_warns_when_the_pooler_setting_turns_the_cache_off_on_a_direct_url(db_url: str) -> None:
+    result = run_check({"DATABASE_URL": db_url, "RELAY_DATABASE_POOLER": "on"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stdout.splitlines() if "RELAY_DATABASE_POOLER" in line]
+    assert warnings == [
+        "warn DATABASE_URL is a direct session connection, but RELAY_DATABASE_POOLER=on turns its "
+        "prepared statements off (each query costs more): unset RELAY_DATABASE_POOLER"
+    ]
 
 
-@pytest.mark.parametrize(
-    ("dsn", "looks_pooled"),
-    [
-        ("postgresql://u:p@db.example.com:6432/app", True),
-        ("postgresql://u:p@my-pgbouncer.internal:5432/app", True),
-        ("postgresql://u:p@aws-0-eu-central-1.pooler.supabase.com:5432/postgres", True),
-        ("postgresql://u:p@db.example.com:5432/app", False),
-        ("postgresql://u:p@127.0.0.1/app", False),
-    ],
-)
-def test_pooler_hint_recognises_pooler_urls(dsn: str, looks_pooled: bool) -> None:
-    assert (pooler_hint(dsn) is not None) is looks_pooled
+async def test_a_step_that_raises_becomes_a_fail_line_not_a_traceback(db_url: str) -> None:
+    """A role that may connect but not use Relay's schema: the schema step fails with one line."""
+    role = f"relay_check_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        result = await asyncio.to_thread(run_check, {"DATABASE_URL": with_user(db_url, role)})
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    failed = [line for line in result.stdout.splitlines() if line.startswith("fail")]
+    assert failed == [
+        "fail checking the relay schema failed: "
+        "InsufficientPrivilegeError: permission denied for schema relay"
+    ], result.stdout
+    assert any(
+        line.startswith("ok   LISTEN works on the listen connection") for line in result.stdout.splitlines()
+    )

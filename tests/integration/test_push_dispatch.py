@@ -37,13 +37,20 @@ async def running(db_url: str, schedule: str = FAST) -> AsyncIterator[tuple[Rela
         yield relay, service
 
 
-async def subscribe(relay: Relay, browser: Browser, endpoint: str, merchant: str = "m1") -> None:
-    token = mint_token(relay.settings, merchant_id=merchant, user_id="u1")
+async def subscribe(
+    relay: Relay,
+    browser: Browser,
+    endpoint: str,
+    merchant: str = "m1",
+    user: str = "u1",
+    method: str = "POST",
+) -> None:
+    token = mint_token(relay.settings, merchant_id=merchant, user_id=user)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.http_port}") as http:
         headers = {"Authorization": f"Bearer {token}"}
         body = browser.subscription(endpoint)
-        response = await http.post("/push/subscriptions", json=body, headers=headers)
-    assert response.status_code == 201, response.text
+        response = await http.request(method, "/push/subscriptions", json=body, headers=headers)
+    assert response.status_code == (201 if method == "POST" else 204), response.text
 
 
 async def write(db_url: str, sql: str, *args: object) -> None:
@@ -124,3 +131,44 @@ async def test_500_is_retried_then_succeeds(db_url: str) -> None:
                 await asyncio.sleep(0.05)
         assert row is not None
         assert (row["state"], row["attempts"], row["last_status"]) == ("succeeded", 2, 201)
+
+
+async def test_another_merchant_posting_a_devices_endpoint_does_not_take_the_device_over(db_url: str) -> None:
+    victim, intruder = Browser(), Browser()
+    async with running(db_url) as (relay, service):
+        endpoint = service.endpoint("victim")
+        await subscribe(relay, victim, endpoint, "m_victim")
+        # Merchant A's token, merchant B's endpoint, A's keys; then A deletes "its" subscription.
+        await subscribe(relay, intruder, endpoint, "m_intruder", "u9")
+        await subscribe(relay, intruder, endpoint, "m_intruder", "u9", method="DELETE")
+        await write(db_url, CREATE, "b1", "m_victim")
+        got = await arrival(service)
+        assert got.path == "/push/victim"
+        assert json.loads(victim.decrypt(got.body))["data"]["id"] == "b1"  # still B's keys
+        await write(db_url, CREATE, "b2", "m_intruder")  # A has no subscription left
+        await write(db_url, CREATE, "b3", "m_victim")
+        got = await arrival(service)
+        assert json.loads(victim.decrypt(got.body))["data"]["id"] == "b3"
+
+
+async def test_one_browser_subscribed_for_two_merchants_receives_each_merchants_bookings(db_url: str) -> None:
+    browser = Browser()
+    async with running(db_url) as (relay, service):
+        endpoint = service.endpoint("staff")
+        await subscribe(relay, browser, endpoint, "m1", "u1")
+        await subscribe(relay, browser, endpoint, "m2", "u1")
+        await write(db_url, CREATE, "b1", "m1")
+        await write(db_url, CREATE, "b2", "m2")
+        got = {json.loads(browser.decrypt((await arrival(service)).body))["data"]["id"] for _ in range(2)}
+        assert got == {"b1", "b2"}
+        # Unsubscribing under one merchant leaves the other's subscription.
+        await subscribe(relay, browser, endpoint, "m1", "u1", method="DELETE")
+        await write(db_url, CREATE, "b3", "m1")
+        await write(db_url, CREATE, "b4", "m2")
+        got_next = json.loads(browser.decrypt((await arrival(service)).body))["data"]
+        assert (got_next["id"], got_next["merchantId"]) == ("b4", "m2")
+        try:
+            extra = await asyncio.wait_for(service.received.get(), 0.5)
+        except TimeoutError:
+            extra = None
+        assert extra is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -223,3 +224,71 @@ async def test_wrong_method_and_oversized_body_get_json_errors(
     body = b"[" + b"1," * 20_000 + b"1]"
     huge = await client.post("/push/subscriptions", content=body, headers=auth(relay))
     assert huge.status_code == 413 and "error" in huge.json()
+
+
+async def test_another_merchant_posting_the_endpoint_gets_its_own_row_and_cannot_delete_the_owners(
+    relay: Relay, client: httpx.AsyncClient, db_url: str
+) -> None:
+    owner, intruder = Browser(), Browser()
+    created = await client.post(
+        "/push/subscriptions", json=owner.subscription(ENDPOINT), headers=auth(relay, "m_owner", "u1")
+    )
+    assert created.status_code == 201
+    # Merchant A's token posts merchant B's endpoint with A's keys, then deletes it.
+    posted = await client.post(
+        "/push/subscriptions", json=intruder.subscription(ENDPOINT), headers=auth(relay, "m_intruder", "u9")
+    )
+    assert posted.status_code == 201 and posted.json()["id"] != created.json()["id"]
+    removed = await client.request(
+        "DELETE", "/push/subscriptions", json={"endpoint": ENDPOINT}, headers=auth(relay, "m_intruder", "u9")
+    )
+    assert removed.status_code == 204
+    # Another user of the owner's own merchant cannot delete it either.
+    colleague = await client.request(
+        "DELETE", "/push/subscriptions", json={"endpoint": ENDPOINT}, headers=auth(relay, "m_owner", "u2")
+    )
+    assert colleague.status_code == 204
+    rows = await stored(db_url)
+    assert [(r["id"], r["merchant_id"], r["user_id"], r["p256dh"]) for r in rows] == [
+        (created.json()["id"], "m_owner", "u1", owner.p256dh)
+    ]
+
+
+async def test_subscriptions_per_user_and_per_merchant_are_limited(db_url: str) -> None:
+    settings = make_settings(db_url, **PUSH, push_subscriptions_per_user=2, push_subscriptions_per_merchant=3)
+    browser = Browser()
+
+    def body(name: str) -> dict[str, Any]:
+        return browser.subscription(f"https://push.example.com/wpush/{name}")
+
+    async with (
+        app.start(settings) as running,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.http_port}") as http,
+    ):
+
+        async def post(name: str, merchant: str = "m1", user: str = "u1") -> httpx.Response:
+            return await http.post(
+                "/push/subscriptions", json=body(name), headers=auth(running, merchant, user)
+            )
+
+        # Concurrent posts of one user take turns: exactly the user's limit gets in.
+        answers = await asyncio.gather(*(post(f"a{i}") for i in range(5)))
+        assert sorted(a.status_code for a in answers) == [201, 201, 409, 409, 409]
+        refused = next(a for a in answers if a.status_code == 409).json()["error"]
+        assert "2 push subscriptions" in refused and "RELAY_PUSH_SUBSCRIPTIONS_PER_USER" in refused
+        kept = [f"a{i}" for i, a in enumerate(answers) if a.status_code == 201]
+        assert (await post(kept[0])).status_code == 201  # re-subscribing adds nothing
+        assert (await post("b1", user="u2")).status_code == 201  # the merchant's third
+        over = await post("c1", user="u3")
+        assert over.status_code == 409 and "RELAY_PUSH_SUBSCRIPTIONS_PER_MERCHANT" in over.json()["error"]
+        assert (await post("c1", merchant="m2", user="u3")).status_code == 201  # another merchant's own
+        gone = await http.request(
+            "DELETE",
+            "/push/subscriptions",
+            json={"endpoint": body("b1")["endpoint"]},
+            headers=auth(running, "m1", "u2"),
+        )
+        assert gone.status_code == 204
+        assert (await post("c1", user="u3")).status_code == 201  # room again
+    counts = {(r["merchant_id"], r["user_id"]) for r in await stored(db_url)}
+    assert len(await stored(db_url)) == 4 and ("m1", "u3") in counts and ("m2", "u3") in counts

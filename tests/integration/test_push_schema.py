@@ -29,8 +29,8 @@ async def test_push_subscriptions_has_exactly_the_agreed_columns(db_url: str) ->
                WHERE table_schema = 'relay' AND table_name = 'push_subscriptions'"""
         )
         unique = await conn.fetchval(
-            """SELECT count(*) FROM pg_indexes WHERE schemaname = 'relay'
-               AND tablename = 'push_subscriptions' AND indexdef LIKE 'CREATE UNIQUE INDEX%(endpoint)'"""
+            """SELECT count(*) FROM pg_indexes WHERE schemaname = 'relay' AND tablename = 'push_subscriptions'
+               AND indexdef LIKE 'CREATE UNIQUE INDEX%(merchant_id, endpoint)'"""
         )
         fresh = await conn.fetchrow(
             """INSERT INTO relay.push_subscriptions (merchant_id, user_id, endpoint, p256dh, auth)

@@ -10,6 +10,7 @@ import pytest
 
 from relay.errors import SourceError
 from relay.store import Store
+from tests.conftest import Cluster
 from tests.integration.sourcekit import PRISMA, QUOTED, SNAKE, TABLES, Table, execute, prepare, relay_cli
 
 CHANNELS_OF = ("created", "updated", "deleted")
@@ -326,3 +327,21 @@ async def test_check_names_the_attached_sources_and_one_whose_table_was_recreate
     )  # the recreated table is attached anew under its old name
     assert again.returncode == 0, again.stderr
     assert relay_cli("check", database_url=db_url).returncode == 0
+
+
+async def test_attach_before_migrate_says_to_migrate(cluster: Cluster) -> None:
+    name = await cluster.create_database()
+    conn = await asyncpg.connect(cluster.url(name))
+    try:
+        await conn.execute("DROP SCHEMA relay CASCADE")
+    finally:
+        await conn.close()
+    try:
+        result = relay_cli("attach", "Booking", "--entity", "b2", "--tenant-column", "merchantId",
+                           database_url=cluster.url(name))  # fmt: skip
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            "relay attach: Relay's schema is missing or older than sources: run `relay migrate`"
+        ]
+    finally:
+        await cluster.drop_database(name)

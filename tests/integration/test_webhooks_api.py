@@ -169,3 +169,45 @@ async def test_webhook_endpoints_table_has_exactly_the_agreed_columns(db_url: st
     }
     assert {r["column_name"]: r["column_default"] for r in rows}["enabled"] == "true"
     assert cursor is None  # the dispatcher creates it when it first runs
+
+
+async def test_a_merchant_cannot_register_more_endpoints_than_its_limit(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(db_url, jwt_secret=SECRET, webhook_endpoints_per_merchant=3)
+    async with app.start(settings) as relay:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.http_port}") as client:
+            # Concurrent registrations take turns: exactly the limit gets in.
+            answers = await asyncio.gather(
+                *(
+                    client.post("/webhooks", json={"url": f"https://a.example.com/{i}"}, headers=token("A"))
+                    for i in range(6)
+                )
+            )
+            assert sorted(a.status_code for a in answers) == [201, 201, 201, 409, 409, 409]
+            refused = next(a for a in answers if a.status_code == 409)
+            assert "3 webhook endpoints" in refused.json()["error"]
+            assert "RELAY_WEBHOOK_ENDPOINTS_PER_MERCHANT" in refused.json()["error"]
+            # Another merchant has a limit of its own; removing one makes room again.
+            other = await client.post("/webhooks", json={"url": "https://b.example.com/"}, headers=token("B"))
+            assert other.status_code == 201
+            first = next(a.json()["id"] for a in answers if a.status_code == 201)
+            assert (await client.delete(f"/webhooks/{first}", headers=token("A"))).status_code == 204
+            again = await client.post(
+                "/webhooks", json={"url": "https://a.example.com/x"}, headers=token("A")
+            )
+            assert again.status_code == 201
+
+    # `relay webhooks add` refuses past the same limit, with one line.
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("RELAY_WEBHOOK_ENDPOINTS_PER_MERCHANT", "3")
+    code = await asyncio.to_thread(
+        main, ["webhooks", "add", "--merchant", "A", "--url", "https://a.example.com/y"]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert err.splitlines()[-1].startswith("relay webhooks: merchant A already has 3 webhook endpoints")
+    code = await asyncio.to_thread(
+        main, ["webhooks", "add", "--merchant", "B", "--url", "https://b.example.com/y"]
+    )
+    assert code == 0

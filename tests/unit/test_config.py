@@ -23,6 +23,7 @@ from relay.errors import ConfigError
         ("RELAY_JWT_ALGORITHMS", "HS256,none"),
         ("RELAY_VAPID_SUBJECT", "admin@example.com"),
         ("RELAY_LOG_FORMAT", "xml"),
+        ("RELAY_DATABASE_POOLER", "maybe"),
     ],
 )
 def test_invalid_setting_names_the_variable(
@@ -49,6 +50,7 @@ def test_defaults_and_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.allowed_origins == ["https://a.example", "https://b.example"]
     assert settings.retry_schedule.delays == (0, 0.25, 90, 7200, 86400)
     assert settings.reconcile_interval == 30
+    assert settings.database_pooler == "auto"
 
 
 def test_listen_url_defaults_to_database_url_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:

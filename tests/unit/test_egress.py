@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import threading
 
 import httpx
 import pytest
 
-from relay.egress import EgressRefused, blocked_reason, build_client, validate_url
+from relay.egress import EgressRefused, SystemResolver, blocked_reason, build_client, validate_url
 from tests.webhook_receiver import LOOPBACK, running
 
 REFUSED_URLS = [
@@ -133,3 +135,33 @@ async def test_redirects_are_not_followed_and_environment_proxies_are_ignored(
         with pytest.raises(EgressRefused):  # not a proxy error: the guard saw the real destination
             await client.post("http://10.0.0.1/", content=b"")
     assert isinstance(client, httpx.AsyncClient)
+
+
+async def test_a_lookup_that_never_answers_is_abandoned_after_the_dns_timeout() -> None:
+    async def name_server_that_never_answers(host: str, port: int) -> list[str]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async with build_client(LOOPBACK, resolver=name_server_that_never_answers, dns_timeout=0.2) as client:
+        async with asyncio.timeout(10):  # without the DNS timeout, the request waits for an hour
+            with pytest.raises(
+                httpx.ConnectError, match=r"cannot resolve silent\.test: .*no answer within 0\.2 s"
+            ):
+                await client.post("http://silent.test/hook", content=b"{}")
+
+
+async def test_system_lookups_never_wait_for_the_default_executor() -> None:
+    # loop.getaddrinfo runs in the loop's default executor: with its threads all held (by
+    # other lookups against a name server that does not answer, say) it would wait here.
+    loop = asyncio.get_running_loop()
+    held = threading.Event()
+    blockers = [loop.run_in_executor(None, held.wait, 30) for _ in range(64)]
+    resolver = SystemResolver()
+    try:
+        async with asyncio.timeout(5):
+            addresses = await resolver("localhost", 80)
+    finally:
+        held.set()
+        await asyncio.gather(*blockers)
+        await resolver.aclose()
+    assert "127.0.0.1" in addresses

@@ -110,7 +110,17 @@ def test_event_filters_take_known_names_and_wildcards_of_known_sources() -> None
         "payment_*",
     ]
     assert parse_event_filter(["payment_updated", "booking_*"], known) == ["booking_*", "payment_updated"]
-    for bad in (["refund_*"], ["payment"], ["*"], ["payment_refund_created"], "payments_*", [7], {"a": 1}):
+    assert parse_event_filter("booking_created,,", known) == ["booking_created"]  # the CLI's comma list
+    for bad in (
+        ["refund_*"],
+        ["payment"],
+        ["*"],
+        ["payment_refund_created"],
+        "payments_*",
+        [7],
+        [""],
+        {"a": 1},
+    ):
         with pytest.raises(EventFilterError):
             parse_event_filter(bad, known)  # type: ignore[arg-type]
 

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "relay"
 # The entry points run the composition root; nothing else may import it.
 ROOT_CALLERS = {"relay.cli", "relay.demo"}
 SQL = re.compile(
-    r"\b(SELECT\s+\S.*\bFROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|SCHEMA))\b"
+    r"\b(SELECT\s+[\w*(]|SHOW\s+\w|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|"
+    r"(CREATE|ALTER|DROP)\s+(TABLE|SCHEMA|INDEX|TRIGGER|FUNCTION))"
 )
 
 
@@ -125,6 +126,9 @@ def test_the_sql_pattern_catches_the_statements_relay_runs() -> None:
         'UPDATE "Booking" SET status = $2',
         "DELETE FROM relay.deliveries WHERE id = $1",
         "CREATE TABLE relay.x (id int)",
+        "SHOW server_version",
+        "SELECT pg_backend_pid()",
+        "SELECT 1",
     ):
         assert SQL.search(statement), statement
     assert not SQL.search("use POST to subscribe or DELETE to unsubscribe")

@@ -9,6 +9,7 @@ live fan-out silently falling back to the slow path or breaking at run time.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import engineio
@@ -23,6 +24,7 @@ from websockets.streams import StreamReader
 from relay.live import eio
 from relay.live.wire import (
     PROTOCOL_ATTRIBUTES,
+    PROTOCOL_METHODS,
     LiveWebSocketProtocol,
     RawSocket,
     ServerWithoutSignals,
@@ -40,10 +42,16 @@ def _protocol() -> LiveWebSocketProtocol:
     return LiveWebSocketProtocol(config, ServerState(), {}, asyncio.get_running_loop())
 
 
-async def test_uvicorns_websocket_protocol_still_has_what_raw_socket_reads() -> None:
+async def test_uvicorns_websocket_protocol_still_has_what_wire_reads_and_overrides() -> None:
     protocol = _protocol()
     missing = [name for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)]
-    assert missing == [], f"uvicorn {uvicorn.__version__}: WebSocketsSansIOProtocol lacks {missing}"
+    methods = [
+        name for name in PROTOCOL_METHODS if not callable(getattr(WebSocketsSansIOProtocol, name, None))
+    ]
+    assert missing + methods == [], (
+        f"uvicorn {uvicorn.__version__}: WebSocketsSansIOProtocol lacks {missing + methods}"
+    )
+    assert hasattr(protocol.conn, "max_message_size"), "websockets: ServerProtocol.max_message_size is gone"
     assert isinstance(protocol.writable, asyncio.Event)
     assert isinstance(protocol.conn, ServerProtocol)
     assert protocol.handshake_complete is False and protocol.close_sent is False
@@ -89,16 +97,29 @@ def test_engineio_sockets_still_have_what_the_adapter_reads() -> None:
     assert (adapted.queued, adapted.closed, adapted.on_websocket) == (1, False, False)
 
 
-def test_socketio_still_has_the_disconnect_hook_and_session_lookups() -> None:
+def test_socketio_still_has_the_engine_hooks_and_session_lookups() -> None:
     server = socketio.AsyncServer(async_mode="asgi")
-    assert callable(getattr(server, "_handle_eio_disconnect", None)), (
-        "AsyncServer._handle_eio_disconnect is gone"
-    )
-    assert callable(getattr(server.manager, "eio_sid_from_sid", None))
+    for name in ("_handle_eio_connect", "_handle_eio_disconnect"):
+        assert callable(getattr(server, name, None)), f"python-socketio: AsyncServer.{name} is gone"
+    for name in ("eio_sid_from_sid", "sid_from_eio_sid"):
+        assert callable(getattr(server.manager, name, None)), f"python-socketio: manager.{name} is gone"
     assert isinstance(server.eio.sockets, dict)
-    eio.end_long_polls_on_disconnect(server)
+
+    async def connected(_eio_sid: str, _environ: dict[str, Any]) -> None:
+        return None
+
+    eio.hook(server, connected=connected)
     assert eio.EngineSocket.of(server, "nobody", "/notifications") is None
+    assert eio.EngineSocket.of_engine(server, None) is None
+    assert eio.session_of(server, "nobody", "/notifications") is None
     assert eio.websocket_send(server, "nobody", "/notifications") is None
+
+
+def test_engineio_sockets_can_still_be_ended_without_waiting() -> None:
+    for name in ("send", "close"):
+        assert callable(getattr(engineio.async_socket.AsyncSocket, name, None)), f"AsyncSocket.{name} is gone"
+    assert "abort" in inspect.signature(engineio.async_socket.AsyncSocket.close).parameters
+    assert isinstance(eio.eio_payload.Payload.max_decode_packets, int)
 
 
 def test_an_event_packet_is_the_socketio_wire_format() -> None:

@@ -1,0 +1,42 @@
+"""Per-key limits of the dispatcher's sender (per destination, merchant and host)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Quota(Generic[K]):
+    """Sends in flight per key, at most ``limit``; and the deliveries this process holds per
+    key, at most ``cap`` (twice the limit, so the next ones are claimed while the first are
+    sent). Claims take no more than a key's room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cap = limit * 2
+        self.held: Counter[K] = Counter()
+        self._slots: dict[K, asyncio.Semaphore] = {}
+
+    def full(self, key: K) -> bool:
+        return self.held[key] >= self.cap
+
+    def slot(self, key: K) -> asyncio.Semaphore:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = asyncio.Semaphore(self.limit)
+        return slot
+
+    def hold(self, key: K) -> None:
+        self.held[key] += 1
+
+    def drop(self, key: K) -> None:
+        self.held[key] -= 1
+        if self.held[key] <= 0:
+            del self.held[key]
+            slot = self._slots.get(key)
+            if slot is not None and not slot.locked():
+                del self._slots[key]
