@@ -1,0 +1,335 @@
+"""Capture modes: what each costs the application's writes, and poll mode's latency and idle cost.
+
+* Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
+  pg_notify-only trigger, and Relay's trigger in notify and in poll mode, with 1 and 8
+  writers, on one durable server; and into "Payment", a table of the same shape attached
+  with `relay attach` (its generated trigger), in both modes. Each round runs every variant
+  back to back (in alternating order) and ratios are taken within a round, then the median.
+* Trigger parts: CPU time of the writing backend per single-row INSERT (from
+  /proc/<pid>/schedstat, in rolled-back transactions), added part by part: the PL/pgSQL
+  call, the event row with its indexes, the JSON payload (the poll-mode trigger), and what
+  notify mode adds (NOTIFY, and its payload built as text). NOTIFY's commit lock does not
+  show here (one session); the pgbench rows show it.
+* Poll mode: commit -> /ws client latency against the poll interval, and PostgreSQL's CPU
+  (all its processes, from /proc) while a relay polls an idle database, against notify mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import websockets
+
+from bench.common import Row, median, percentile, row, server
+from relay import app
+from relay.auth import mint_token
+from relay.config import Settings
+from relay.embedded import EmbeddedPostgres
+from relay.store import Store, migrate
+
+BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+SEED_TRIGGER = """
+CREATE FUNCTION notify_booking_changes() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    PERFORM pg_notify('booking_created', json_build_object('id', NEW.id, 'merchantId', NEW."merchantId",
+      'status', NEW.status, 'operation', TG_OP)::text);
+  ELSIF TG_OP = 'UPDATE' THEN
+    IF OLD.status IS DISTINCT FROM NEW.status THEN
+      PERFORM pg_notify('booking_updated', json_build_object('id', NEW.id, 'merchantId', NEW."merchantId",
+        'oldStatus', OLD.status, 'newStatus', NEW.status, 'operation', TG_OP)::text);
+    END IF;
+  ELSIF TG_OP = 'DELETE' THEN
+    PERFORM pg_notify('booking_deleted', json_build_object('id', OLD.id, 'merchantId', OLD."merchantId",
+      'operation', TG_OP)::text);
+  END IF;
+  RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER booking_changes_trigger AFTER INSERT OR UPDATE OR DELETE ON "Booking"
+FOR EACH ROW EXECUTE FUNCTION notify_booking_changes();
+"""
+INSERT_SCRIPT = """INSERT INTO "Booking" (id, "merchantId", status)
+VALUES (gen_random_uuid()::text, 'm' || (random() * 3)::int, 'PENDING');
+"""
+# An attached source of the booking table's shape, whose payload has the same keys and size:
+# relay attach Payment --entity payment --tenant-column merchantId --watch status --fields status
+PAYMENT = """CREATE TABLE "Payment" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+PAYMENT_SOURCE = ("Payment", "payment", "merchantId", "id", ["status"], ["status"])
+PAYMENT_SCRIPT = INSERT_SCRIPT.replace('"Booking"', '"Payment"')
+# Trigger bodies for the parts measurement (replacing relay.notify_booking_changes()).
+EMPTY_BODY = "BEGIN RETURN NULL; END;"
+ROW_BODY = """BEGIN
+    INSERT INTO relay.events (channel, merchant_id, payload)
+    VALUES ('booking_created', NEW."merchantId", '{}');
+    RETURN NULL;
+END;"""
+REPLACE_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION relay.notify_booking_changes() RETURNS trigger LANGUAGE plpgsql AS $$ {} $$"
+)
+VARIANTS = ("none", "seed", "notify", "poll", "attached_notify", "attached_poll")
+
+
+async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
+    """A database with "Booking" and the variant's trigger (see VARIANTS, and the parts')."""
+    admin = await asyncpg.connect(pg.url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    conn = await asyncpg.connect(pg.url_for(name))
+    try:
+        await conn.execute(BOOKING)
+        if variant == "seed":
+            await conn.execute(SEED_TRIGGER)
+            return pg.url_for(name)
+        if variant == "none":
+            return pg.url_for(name)
+        await migrate(conn)
+        if variant.startswith("attached"):
+            await conn.execute(PAYMENT)
+            await Store(conn).attach_source(*PAYMENT_SOURCE)
+        if variant.endswith("poll"):
+            await Store(conn).set_capture("poll")
+        if variant == "no_trigger":
+            await conn.execute('DROP TRIGGER booking_changes_trigger ON "Booking"')
+        elif variant in ("empty", "row"):
+            await conn.execute(REPLACE_FUNCTION.format(EMPTY_BODY if variant == "empty" else ROW_BODY))
+        elif variant == "row_without_indexes":
+            await conn.execute(REPLACE_FUNCTION.format(ROW_BODY))
+            await conn.execute(
+                "ALTER TABLE relay.events DROP CONSTRAINT events_pkey CASCADE;"
+                "DROP INDEX relay.events_unsequenced_idx"
+            )
+    finally:
+        await conn.close()
+    return pg.url_for(name)
+
+
+def pgbench(pg: EmbeddedPostgres, database: str, clients: int, seconds: float, script: str) -> float:
+    result = subprocess.run(
+        [
+            str(pg.bin / "pgbench"),
+            *("-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"),
+            *("-c", str(clients), "-j", str(min(clients, 2)), "-T", str(int(seconds)), "-f", script),
+            database,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    match = re.search(r"tps = ([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1))
+
+
+def _script(text: str) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(text)
+    os.chmod(script.name, 0o644)
+    return script.name
+
+
+async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
+    scripts = {v: _script(PAYMENT_SCRIPT if v.startswith("attached") else INSERT_SCRIPT) for v in VARIANTS}
+    for v in VARIANTS:
+        await make_database(pg, f"cost_{v}", v)
+    rates: dict[tuple[str, int], list[float]] = {}
+    for r in range(rounds):
+        for clients in (1, 8):
+            order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
+            for v in order:
+                rates.setdefault((v, clients), []).append(
+                    await asyncio.to_thread(pgbench, pg, f"cost_{v}", clients, seconds, scripts[v])
+                )
+    for name in scripts.values():
+        os.unlink(name)
+    rows: list[Row] = []
+    for clients in (1, 8):
+        # Rates drift on a shared machine: compare each variant with the one measured next
+        # to it in the same round, and report medians over rounds.
+        def paired(a: str, b: str, n: int = clients) -> float:
+            return median([x / y for x, y in zip(rates[(a, n)], rates[(b, n)], strict=True)])
+
+        mid = {v: median(rates[(v, clients)]) for v in VARIANTS}
+        writers = f"{clients} writers" if clients > 1 else "1 writer"
+
+        def compared(metric: str, a: str, b: str, goal: str, mid: dict[str, float] = mid) -> Row:
+            return row(metric, mid[a], mid[b], goal, unit="tx/s", ratio=paired(a, b))
+
+        rows += [
+            compared(f"seed trigger INSERT rate vs no trigger, {writers}", "seed", "none", "NOTIFY's floor"),
+            compared(f"Relay trigger INSERT rate vs seed trigger, {writers}", "notify", "seed", ">= 0.95"),
+            compared(
+                f"Relay trigger, notify mode, INSERT rate vs no trigger, {writers}", "notify", "none", "—"
+            ),
+            compared(
+                f"Relay trigger, poll mode, INSERT rate vs no trigger, {writers}",
+                "poll",
+                "none",
+                ">= 0.9" if clients == 1 else ">= 0.8",
+            ),
+            compared(
+                f"attached source trigger INSERT rate vs Relay booking trigger, notify mode, {writers}",
+                "attached_notify",
+                "notify",
+                ">= 0.95",
+            ),
+            compared(
+                f"attached source trigger INSERT rate vs Relay booking trigger, poll mode, {writers}",
+                "attached_poll",
+                "poll",
+                ">= 0.95",
+            ),
+        ]
+    return rows
+
+
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds process ``pid`` has run on a CPU (scheduler statistics)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+async def trigger_parts(pg: EmbeddedPostgres, rows_per_rep: int, reps: int) -> list[Row]:
+    """CPU of the writing backend per single-row INSERT, for each variant of the trigger."""
+    parts = ("no_trigger", "empty", "row_without_indexes", "row", "poll", "notify")
+    conns = {p: await asyncpg.connect(await make_database(pg, f"parts_{p}", p)) for p in parts}
+    loop = f"""DO $$ BEGIN FOR g IN 1..{rows_per_rep} LOOP
+        INSERT INTO "Booking" (id, "merchantId", status) VALUES ('b' || g, 'm' || (g % 3), 'PENDING');
+    END LOOP; END $$"""
+    samples: dict[str, list[float]] = {p: [] for p in parts}
+    try:
+        for rep in range(reps):
+            for p in parts if rep % 2 == 0 else tuple(reversed(parts)):
+                conn = conns[p]
+                pid = conn.get_server_pid()
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    before = _cpu_ns(pid)
+                    await conn.execute(loop)
+                    samples[p].append((_cpu_ns(pid) - before) / rows_per_rep / 1000)
+                finally:
+                    await transaction.rollback()  # every rep inserts the same rows
+                await conn.execute('VACUUM "Booking", relay.events')
+    finally:
+        for conn in conns.values():
+            await conn.close()
+    us = {p: statistics.median(v) for p, v in samples.items()}
+
+    def part(metric: str, with_part: str, without: str, goal: str = "") -> Row:
+        return row(metric, us[with_part] - us[without], us[with_part], goal, unit="µs")
+
+    return [
+        row("INSERT CPU µs/row, no trigger (the parts below add to it)", us["no_trigger"], us["no_trigger"],
+            "", unit="µs"),
+        part("trigger part: PL/pgSQL call, µs/row (baseline: the whole INSERT)", "empty", "no_trigger"),
+        part("trigger part: event row, heap only, µs/row", "row_without_indexes", "empty"),
+        part("trigger part: event row's two index entries, µs/row", "row", "row_without_indexes"),
+        part("trigger part: jsonb payload (= the poll-mode trigger), µs/row", "poll", "row"),
+        part("trigger part: what notify mode adds (NOTIFY, json text), µs/row", "notify", "poll"),
+    ]  # fmt: skip
+
+
+async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float) -> list[Row]:
+    url = await make_database(pg, "poll_latency", "poll")
+    secret = "bench-secret-0123456789abcdef0123456789"
+    settings = Settings(database_url=url, http_host="127.0.0.1", http_port=0, jwt_secret=secret)
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    writer = await asyncpg.connect(url)
+    async with app.start(settings) as relay:
+        await asyncio.wait_for(relay.poller.leading.wait(), 10)
+        tok = mint_token(settings, merchant_id="m1", user_id="u1", ttl=600)
+        async with websockets.connect(f"ws://127.0.0.1:{relay.http_port}/ws?token={tok}") as ws:
+            await ws.recv()  # connected
+
+            async def receive() -> None:
+                while len(received) < events:
+                    message = json.loads(await ws.recv())
+                    if message.get("type") == "event":
+                        received[message["data"]["id"]] = time.perf_counter()
+
+            reader = asyncio.create_task(receive())
+            for i in range(events):
+                booking = f"lat-{i}"
+                await writer.execute(
+                    """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'm1', 'PENDING')""",
+                    booking,
+                )
+                sent[booking] = time.perf_counter()
+                await asyncio.sleep(random.uniform(0.005, 0.015))  # commits spread over the poll phase
+            await asyncio.wait_for(reader, 10)
+    await writer.close()
+    ms = [(received[b] - sent[b]) * 1000 for b in sent if b in received]
+    floor = interval * 1000
+    return [
+        row(f"poll mode commit->/ws client p{p} ms (baseline: the poll interval)", percentile(ms, p), floor,
+            "difference <= 5 ms" if p == 99 else "", unit="ms", difference=True)
+        for p in (50, 99)
+    ]  # fmt: skip
+
+
+def _postgres_cpu_ns(pg: EmbeddedPostgres) -> dict[int, int]:
+    """CPU time so far of the server's postmaster and of each of its processes."""
+    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    found = {postmaster: _cpu_ns(postmaster)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                found[int(entry.name)] = _cpu_ns(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+async def idle_cost(pg: EmbeddedPostgres, seconds: float) -> list[Row]:
+    """PostgreSQL's CPU while one relay follows an idle database, in poll and in notify mode."""
+    share: dict[str, float] = {}
+    for mode in ("notify", "poll"):
+        url = await make_database(pg, f"idle_{mode}", mode)
+        async with app.start(Settings(database_url=url, http_port=0), serve_http=False) as relay:
+            await asyncio.wait_for(relay.listener.connected.wait(), 10)
+            if mode == "poll":
+                await asyncio.wait_for(relay.poller.leading.wait(), 10)
+            await asyncio.sleep(1.0)  # start-up queries done
+            before, started = _postgres_cpu_ns(pg), time.perf_counter()
+            await asyncio.sleep(seconds)
+            after, took = _postgres_cpu_ns(pg), time.perf_counter() - started
+        used = sum(ns - before.get(pid, 0) for pid, ns in after.items())
+        share[mode] = used / 1e9 / took * 100
+    return [
+        row("PostgreSQL CPU % of one core, idle database, poll mode (baseline: notify mode)", share["poll"],
+            share["notify"], "< 2 %", unit="%")
+    ]  # fmt: skip
+
+
+async def _run(quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    with server(durable=True) as pg:
+        rows += await trigger_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await trigger_parts(pg, rows_per_rep=2000 if quick else 20000, reps=3 if quick else 9)
+        rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval)
+        rows += await idle_cost(pg, seconds=3 if quick else 10)
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    return asyncio.run(_run(quick))
+
+
+if __name__ == "__main__":
+    from bench.report import print_rows
+
+    print_rows(run(quick="--quick" in sys.argv))
