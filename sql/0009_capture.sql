@@ -126,6 +126,7 @@ BEGIN
         v_fields := v_fields || format(', %L, NEW.%I', v_col, v_col);
     END LOOP;
     IF cardinality(s.watch) > 0 THEN
+        v_changes := E'\n        v_changes := ''{}'';';
         FOREACH v_col IN ARRAY s.watch LOOP
             v_changes := v_changes || format($w$
         IF OLD.%1$I IS DISTINCT FROM NEW.%1$I THEN
@@ -148,7 +149,7 @@ DECLARE
     v_text     text;
     v_merchant text;
     v_key      text;
-    v_changes  jsonb := '{}';
+    v_changes  jsonb;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         v_channel := %1$L;
@@ -190,7 +191,7 @@ $f$, s.entity || '_created', s.entity || '_updated', s.entity || '_deleted',
     ELSE
         v_body := format($f$
 DECLARE
-    v_changes  jsonb := '{}';
+    v_changes  jsonb;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO relay.events (channel, merchant_id, payload)

@@ -11,9 +11,13 @@ import asyncpg
 import pytest
 
 from relay.events import WAKE_CHANNEL
-from relay.store import Store
-from tests.integration.sourcekit import SNAKE, TABLES, Table, execute, lifecycle, prepare, relay_cli
+from relay.store import Store, migrate, migration_files, q
+from tests.conftest import BOOKING_TABLE
+from tests.integration.sourcekit import QUOTED, SNAKE, TABLES, Table, execute, lifecycle, prepare, relay_cli
+from tests.integration.test_migrate import blank_db
 from tests.integration.test_sources import listen, nothing
+
+__all__ = ["blank_db"]  # the fixture
 
 INSERT = """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'mA', 'PENDING')"""
 BOOKING_FUNCTION = "SELECT prosrc FROM pg_proc WHERE oid = 'relay.notify_booking_changes'::regproc"
@@ -76,6 +80,33 @@ async def test_wal_mode_exits_1_with_one_line_until_it_is_built_and_changes_noth
 
 async def poll(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT relay.poll_events()"))
+
+
+async def test_upgrading_to_capture_modes_keeps_every_notify_function_byte_for_byte(blank_db: str) -> None:
+    conn = await asyncpg.connect(blank_db)
+    try:
+        await conn.execute(BOOKING_TABLE)
+        await execute(blank_db, (SNAKE.ddl, ()), (QUOTED.ddl, ()))
+        async with conn.transaction():  # a database as the release before capture modes left it
+            await conn.execute(q("migrations_table"))
+            for name, text in migration_files():
+                if name >= "0009":
+                    break
+                await conn.execute(text)
+                await conn.execute(q("migration_record"), name)
+            await conn.execute(q("attach_booking"))
+        for table in (SNAKE, QUOTED):
+            await table.attach(conn)
+        before = {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)}
+        assert len(before) == 3
+
+        assert "0009_capture" in await migrate(conn)
+        assert {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)} == before
+        await Store(conn).set_capture("poll")
+        await Store(conn).set_capture("notify")
+        assert {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)} == before
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
