@@ -255,7 +255,8 @@ class RelayProcess:
                     if (await client.get(f"{self.base}/readyz", timeout=1)).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"relay on port {self.port} did not become ready; see {self.log}")
+        tail = "".join(self.log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"relay on port {self.port} did not become ready; the end of its log:\n{tail}")
 
     def kill(self) -> None:
         if self.proc is not None:
