@@ -1,11 +1,13 @@
 -- Capture modes (DESIGN.md "Capture modes"): how committed changes of the sources reach Relay.
 --
--- * notify (the default): each source's trigger writes the durable row and NOTIFYs, as
---   0001 and 0008 made them.
--- * poll: the trigger only writes the durable row. No NOTIFY runs in the application's
---   transaction, so its commit never queues on NOTIFY's database-wide commit lock; one
---   relay process at a time polls the small unsequenced index (relay.poll_events), and
---   its NOTIFY relay_wake, one per batch from its own connection, wakes the others.
+-- * notify (the default): each source's trigger writes the durable row in relay.events and
+--   NOTIFYs, as 0001 and 0008 made them.
+-- * poll: the trigger writes the durable row, in relay.inbox, and nothing else. No NOTIFY
+--   runs in the application's transaction, so its commit never queues on NOTIFY's
+--   database-wide commit lock; and the row touches one small index instead of relay.events'
+--   four. One relay process at a time polls (relay.poll_events): the sequencer moves what
+--   committed into relay.events, with its position, and one NOTIFY relay_wake per batch,
+--   from the poller's own connection, wakes the other processes.
 -- * wal: not built yet (relay.set_capture refuses it).
 --
 -- The mode lives here, so every relay process and every session shares it. Switching
@@ -20,11 +22,24 @@ CREATE TABLE relay.capture (
 );
 INSERT INTO relay.capture DEFAULT VALUES;
 
+-- Changes written by poll-mode triggers, each durable at its writer's commit, until the
+-- sequencer moves it into relay.events with its position (the same id, so eventId is the
+-- same). One index, in id order: what the poller reads, and all a fresh row touches.
+CREATE TABLE relay.inbox (
+    id          bigint      NOT NULL DEFAULT nextval('relay.events_id_seq'),
+    channel     text        NOT NULL,
+    merchant_id text,
+    payload     jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX inbox_id_idx ON relay.inbox (id);
+
 -- The built-in booking trigger function in a mode. In notify mode it is 0001's, byte for
--- byte. In poll mode the write is as light as it can be (bench/core.py measures each part):
--- one INSERT whose id comes from the column default, a payload built as jsonb at once
--- (json_build_object followed by a cast to jsonb parses the text a second time), no
--- booking_id (no reader uses it) and no eventId, which the sequencer adds from the id.
+-- byte. In poll mode the write is as light as it can be (bench/capture.py measures each
+-- part): one INSERT into relay.inbox whose id comes from the column default, a payload
+-- built as jsonb at once (json_build_object followed by a cast to jsonb parses the text a
+-- second time), no booking_id (no reader uses it) and no eventId, which the sequencer adds
+-- from the id.
 CREATE FUNCTION relay.booking_function_sql(p_mode text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $gen$
@@ -83,20 +98,20 @@ $b$;
         v_body := $b$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO relay.events (channel, merchant_id, payload)
+        INSERT INTO relay.inbox (channel, merchant_id, payload)
         VALUES ('booking_created', NEW."merchantId",
                 jsonb_build_object('id', NEW.id, 'merchantId', NEW."merchantId",
                                    'status', NEW.status, 'operation', 'INSERT'));
     ELSIF TG_OP = 'UPDATE' THEN
         IF OLD.status IS DISTINCT FROM NEW.status THEN
-            INSERT INTO relay.events (channel, merchant_id, payload)
+            INSERT INTO relay.inbox (channel, merchant_id, payload)
             VALUES ('booking_updated', NEW."merchantId",
                     jsonb_build_object('id', NEW.id, 'merchantId', NEW."merchantId",
                                        'oldStatus', OLD.status, 'newStatus', NEW.status,
                                        'operation', 'UPDATE'));
         END IF;
     ELSE
-        INSERT INTO relay.events (channel, merchant_id, payload)
+        INSERT INTO relay.inbox (channel, merchant_id, payload)
         VALUES ('booking_deleted', OLD."merchantId",
                 jsonb_build_object('id', OLD.id, 'merchantId', OLD."merchantId", 'operation', 'DELETE'));
     END IF;
@@ -110,8 +125,8 @@ END;
 $gen$;
 
 -- An attached source's trigger function in a mode: 0008's in notify mode, and in poll mode
--- the same payload written the booking function's light way (values rendered by to_jsonb,
--- as json_build_object's output cast to jsonb renders them).
+-- the same payload written the booking function's light way, into relay.inbox (values
+-- rendered by to_jsonb, as json_build_object's output cast to jsonb renders them).
 DROP FUNCTION relay.source_function_sql(relay.sources);
 CREATE FUNCTION relay.source_function_sql(s relay.sources, p_mode text)
 RETURNS text
@@ -194,7 +209,7 @@ DECLARE
     v_changes  jsonb;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO relay.events (channel, merchant_id, payload)
+        INSERT INTO relay.inbox (channel, merchant_id, payload)
         VALUES (%1$L, NEW.%4$I::text,
                 jsonb_build_object('id', NEW.%5$I::text, 'merchantId', NEW.%4$I::text,
                                    'operation', 'INSERT'%6$s));
@@ -202,12 +217,12 @@ BEGIN
         IF v_changes = '{}' THEN
             RETURN NULL;
         END IF;
-        INSERT INTO relay.events (channel, merchant_id, payload)
+        INSERT INTO relay.inbox (channel, merchant_id, payload)
         VALUES (%2$L, NEW.%4$I::text,
                 jsonb_build_object('id', NEW.%5$I::text, 'merchantId', NEW.%4$I::text,
                                    'operation', 'UPDATE', 'changes', v_changes%6$s));
     ELSE
-        INSERT INTO relay.events (channel, merchant_id, payload)
+        INSERT INTO relay.inbox (channel, merchant_id, payload)
         VALUES (%3$L, OLD.%4$I::text,
                 jsonb_build_object('id', OLD.%5$I::text, 'merchantId', OLD.%4$I::text,
                                    'operation', 'DELETE'));
@@ -290,33 +305,43 @@ BEGIN
 END;
 $$;
 
--- 0001's sequencer, which also gives a row written without "eventId" (poll mode) its
--- eventId, the row's id: the reader gets the same payload in every mode, and the
+-- 0001's sequencer, which also moves what committed in relay.inbox (poll mode) into
+-- relay.events: every committed event waiting in either, in id order, gets the next
+-- position in one short transaction, as before. A moved row keeps its id and gets its
+-- eventId (that id) in its payload, so readers get the same payload in every mode and the
 -- application's write does not build it.
 CREATE OR REPLACE FUNCTION relay.sequence_events(max_rows integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_base bigint;
+    v_base  bigint;
     v_count bigint;
 BEGIN
     SET LOCAL synchronous_commit = off;
     PERFORM pg_advisory_xact_lock(hashtext('relay.sequencer'));
     SELECT greatest(last_position, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
     INTO v_base FROM relay.sequencer;
-    WITH batch AS (
-        SELECT e.id, row_number() OVER (ORDER BY e.id) AS rn
-        FROM relay.events e
-        WHERE e.position IS NULL
-        ORDER BY e.id
-        LIMIT max_rows
+    WITH waiting AS (
+        (SELECT i.id, true AS inbox FROM relay.inbox i ORDER BY i.id LIMIT max_rows)
+        UNION ALL
+        (SELECT e.id, false FROM relay.events e WHERE e.position IS NULL ORDER BY e.id LIMIT max_rows)
+    ), batch AS (
+        SELECT id, inbox, v_base + row_number() OVER (ORDER BY id) AS position
+        FROM waiting ORDER BY id LIMIT max_rows
+    ), moved AS (
+        DELETE FROM relay.inbox i USING batch b WHERE b.inbox AND i.id = b.id
+        RETURNING i.id, i.channel, i.merchant_id, i.payload, i.created_at, b.position
+    ), inserted AS (
+        INSERT INTO relay.events (id, channel, merchant_id, payload, created_at, position)
+        SELECT id, channel, merchant_id, payload || jsonb_build_object('eventId', id), created_at, position
+        FROM moved
+        RETURNING 1
+    ), updated AS (
+        UPDATE relay.events e SET position = b.position
+        FROM batch b WHERE NOT b.inbox AND e.id = b.id
+        RETURNING 1
     )
-    UPDATE relay.events e
-    SET position = v_base + batch.rn,
-        payload = CASE WHEN e.payload ? 'eventId' THEN e.payload
-                       ELSE e.payload || jsonb_build_object('eventId', e.id) END
-    FROM batch WHERE e.id = batch.id;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
+    SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM updated) INTO v_count;
     IF v_count > 0 THEN
         UPDATE relay.sequencer SET last_position = v_base + v_count;
     END IF;
@@ -325,16 +350,18 @@ END;
 $$;
 
 -- The poller's pass (poll mode; one relay process at a time runs it). An idle pass reads
--- one entry of the partial index events_unsequenced_idx and writes nothing. A pass that
--- finds committed, unsequenced events sequences them and wakes every relay process with
--- one NOTIFY relay_wake, delivered at this commit, once their positions are visible.
+-- the first entry of two small indexes, relay.inbox's and events_unsequenced_idx (rows of
+-- notify-mode triggers, around a switch), and writes nothing. A pass that finds committed
+-- events waiting sequences them and wakes every relay process with one NOTIFY relay_wake,
+-- delivered at this commit, once their positions are visible.
 CREATE FUNCTION relay.poll_events(max_rows integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_count bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM relay.events WHERE position IS NULL ORDER BY id LIMIT 1) THEN
+    IF NOT EXISTS (SELECT 1 FROM relay.inbox ORDER BY id LIMIT 1)
+       AND NOT EXISTS (SELECT 1 FROM relay.events WHERE position IS NULL ORDER BY id LIMIT 1) THEN
         RETURN 0;
     END IF;
     v_count := relay.sequence_events(max_rows);

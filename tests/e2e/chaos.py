@@ -584,7 +584,11 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
             with contextlib.suppress(Exception):
                 c = await asyncpg.connect(url, timeout=2)
                 try:
-                    return int(await c.fetchval("SELECT count(*) FROM relay.events"))
+                    return int(
+                        await c.fetchval(
+                            "SELECT (SELECT count(*) FROM relay.events) + (SELECT count(*) FROM relay.inbox)"
+                        )
+                    )
                 finally:
                     await c.close()
             return 0
@@ -611,8 +615,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         await killer
 
         conn = await asyncpg.connect(url)
-        rows = await conn.fetch(
-            "SELECT id, merchant_id, channel FROM relay.events ORDER BY position NULLS LAST, id"
+        rows = await conn.fetch(  # in poll mode the last ones may still wait in relay.inbox
+            "SELECT id, merchant_id, channel FROM relay.events"
+            " UNION ALL SELECT id, merchant_id, channel FROM relay.inbox"
         )
         await conn.close()
         expected: dict[str, list[int]] = defaultdict(list)

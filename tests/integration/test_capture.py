@@ -124,13 +124,12 @@ async def test_poll_mode_writes_the_same_events_without_any_notify(db_url: str, 
         await lifecycle(db_url, table, key, merchant)
         await nothing(notified)
 
-        rows = await listener.fetch(
-            "SELECT id, channel, merchant_id, payload, position FROM relay.events ORDER BY id"
-        )
-        assert [r["position"] is None for r in rows] == [False] * 3 + [True] * 3
+        assert await listener.fetchval("SELECT count(*) FROM relay.events") == 3
+        assert await listener.fetchval("SELECT count(*) FROM relay.inbox") == 3  # durable, unsequenced
         woken = await listen(listener, WAKE_CHANNEL)
         assert await poll(listener) == 3
         assert await asyncio.wait_for(woken.get(), 5) == (WAKE_CHANNEL, 3)  # one wake-up per batch
+        assert await listener.fetchval("SELECT count(*) FROM relay.inbox") == 0
         rows = await listener.fetch("SELECT id, channel, merchant_id, payload FROM relay.events ORDER BY id")
         notify_rows, poll_rows = rows[:3], rows[3:]
         for made in (notify_rows, poll_rows):  # the same rows and payloads, eventId included
@@ -176,7 +175,9 @@ async def test_a_session_opened_before_a_switch_follows_it_from_its_next_transac
         await Store(admin).set_capture("poll")
         await writer.execute(INSERT, "during")
         await nothing(notified, 0.5)
-        assert await poll(admin) == 2  # "during" is recorded all the same
+        assert await poll(admin) == 2  # "during" is recorded all the same, after "before"
+        ordered = "SELECT payload->>'id' FROM relay.events ORDER BY position"
+        assert [r[0] for r in await admin.fetch(ordered)] == ["before", "during"]
 
         await Store(admin).set_capture("notify")
         await writer.execute(INSERT, "after")
@@ -231,3 +232,24 @@ async def test_an_idle_poll_writes_nothing_and_a_busy_one_sequences(db_url: str)
             assert await conn.fetchval(assigned)
     finally:
         await conn.close()
+
+
+async def test_in_poll_mode_an_event_that_commits_later_is_sequenced_later_whatever_its_id(
+    db_url: str,
+) -> None:
+    older, newer, poller = [await asyncpg.connect(db_url) for _ in range(3)]
+    try:
+        await Store(poller).set_capture("poll")
+        older_tx = older.transaction()
+        await older_tx.start()
+        await older.execute(INSERT, "A")  # takes the lower id, commits last
+        await newer.execute(INSERT, "B")
+        assert await poll(poller) == 1  # B, while A is still open
+        await older_tx.commit()
+        assert await poll(poller) == 1
+        rows = await poller.fetch("SELECT id, payload->>'id' AS booking FROM relay.events ORDER BY position")
+        assert [r["booking"] for r in rows] == ["B", "A"]
+        assert rows[1]["id"] < rows[0]["id"]
+    finally:
+        for conn in (older, newer, poller):
+            await conn.close()
