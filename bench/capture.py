@@ -5,6 +5,9 @@
   writers, on one durable server; and into "Payment", a table of the same shape attached
   with `relay attach` (its generated trigger), in both modes. Each round runs every variant
   back to back (in alternating order) and ratios are taken within a round, then the median.
+  The attached source's cost per row alone, without the commit's fsync (which dominates,
+  and swings, the pgbench rates): 1,000-row INSERTs into both tables, interleaved in
+  transactions that are rolled back.
 * Trigger parts: PostgreSQL's CPU time per INSERT transaction (1 pgbench writer, from
   /proc), with the trigger built up part by part: the PL/pgSQL call, the row in
   relay.inbox (heap, then its index), the jsonb payload (the poll-mode trigger); then the
@@ -197,6 +200,46 @@ def _cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
+async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1000) -> list[Row]:
+    """The attached source's trigger against the booking trigger per row, without the commit.
+
+    Each round is one transaction, rolled back at its end (no fsync, no table growth):
+    ``pairs`` times a ``rows``-row INSERT into "Booking" and one into "Payment" (same
+    shape, same database), in alternating order, so a machine busy with something else
+    slows both alike. A round's ratio is its total time in "Payment" over its total time
+    in "Booking"; the row reports the median over rounds.
+    """
+    insert = """INSERT INTO "{}" (id, "merchantId", status)
+                SELECT gen_random_uuid()::text, 'm1', 'PENDING' FROM generate_series(1, $1)"""
+    conn = await asyncpg.connect(url)
+    totals: dict[str, list[float]] = {"Booking": [], "Payment": []}
+    try:
+        for _ in range(rounds):
+            spent = {"Booking": 0.0, "Payment": 0.0}
+            transaction = conn.transaction()
+            await transaction.start()
+            for i in range(pairs):
+                for table in ("Booking", "Payment") if i % 2 == 0 else ("Payment", "Booking"):
+                    started = time.perf_counter()
+                    await conn.execute(insert.format(table), rows)
+                    spent[table] += time.perf_counter() - started
+            await transaction.rollback()
+            for table, seconds in spent.items():
+                totals[table].append(seconds / (pairs * rows) * 1e6)
+    finally:
+        await conn.close()
+    return [
+        row(
+            f"attached source trigger cost per row vs booking trigger ({rows:,}-row INSERTs, rolled back)",
+            median(totals["Payment"]),
+            median(totals["Booking"]),
+            "<= 1.05",
+            unit="us/row",
+            ratio=median([p / b for p, b in zip(totals["Payment"], totals["Booking"], strict=True)]),
+        )
+    ]
+
+
 async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
     """PostgreSQL's CPU per INSERT transaction for each variant of the trigger (1 writer)."""
     parts = ("no_trigger", "empty", "inbox_heap", "inbox_row", "poll", "events_row", "notify")
@@ -315,6 +358,7 @@ async def _run(quick: bool) -> list[Row]:
     rows: list[Row] = []
     with server(durable=True) as pg:
         rows += await trigger_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await trigger_row_cost(pg.url_for("cost_attached_notify"), rounds=1 if quick else 5)
         rows += await trigger_parts(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
         rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval)
         rows += await idle_cost(pg, seconds=3 if quick else 10)

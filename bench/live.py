@@ -114,14 +114,15 @@ class Server:
 
 
 @asynccontextmanager
-async def serve(kind: str, dsn: str) -> AsyncIterator[Server]:
+async def serve(kind: str, dsn: str, *, argv: Sequence[str] | None = None) -> AsyncIterator[Server]:
+    """A server process; ``argv`` replaces the relay's command line (same environment)."""
     port = free_port()
     env = dict(os.environ)
     if kind == "relay":
         env.update(
             DATABASE_URL=dsn, RELAY_JWT_SECRET=SECRET, RELAY_HTTP_HOST="127.0.0.1", RELAY_HTTP_PORT=str(port)
         )
-        argv = [sys.executable, "-m", "relay", "run"]
+        argv = argv or [sys.executable, "-m", "relay", "run"]
     else:
         env.update(DATABASE_URL=dsn, JWT_SECRET=SECRET, PORT=str(port))
         argv = ["node", str(NODE_DIR / "server.js")]

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from relay import http, logs, metrics
+from relay import http, logs, metrics, openapi
 from relay.aio import wait_any
 from relay.auth import TokenVerifier
 from relay.capture import CaptureMode, Poller
@@ -128,7 +128,11 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
                 metrics.notify_queue_usage.set(await s.store.notify_queue_usage())
 
     app = http.build_app(
-        routes, readiness=readiness, refresh_gauges=refresh_gauges, allowed_origins=settings.allowed_origins
+        routes,
+        readiness=readiness,
+        refresh_gauges=refresh_gauges,
+        allowed_origins=settings.allowed_origins,
+        api_document=openapi.document(),
     )
     return CaptureSend(s.gateway.mount(app))
 

@@ -13,7 +13,9 @@ import re
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import WithJsonSchema
 
 ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 VERBS: dict[str, str] = {"created": "INSERT", "updated": "UPDATE", "deleted": "DELETE"}
@@ -24,6 +26,30 @@ WAKE_CHANNEL = "relay_wake"
 
 BOOKING = "booking"
 CHANNELS: tuple[str, ...] = ("booking_created", "booking_updated", "booking_deleted")
+# An event's name (its channel), as the HTTP API's schemas show it: which names exist is up
+# to the attached sources (`relay sources`); a name no source has is refused with 422.
+ChannelName = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9_]{0,29}_(created|updated|deleted)$",
+            "examples": list(CHANNELS),
+        }
+    ),
+]
+# An item of a webhook or push filter: an event name, or NAME_* for every event of source NAME.
+EventFilter = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[a-z][a-z0-9_]{0,29}_(created|updated|deleted|\*)$",
+            "description": "An event name, or NAME_* for every event of source NAME.",
+            "examples": [*CHANNELS, "booking_*"],
+        }
+    ),
+]
 
 # The contract's keys per channel (DESIGN.md "NOTIFY channels and payloads"): the booking
 # channels keep the seed's exact keys; every other source's carry the generic ones
@@ -121,9 +147,6 @@ class Sources:
     def __contains__(self, channel: object) -> bool:
         return channel in self._set
 
-    def event_filter(self, events: Iterable[str] | str | None) -> list[str] | None:
-        return parse_event_filter(events, self._channels)
-
 
 class MalformedNotification(ValueError):
     """A NOTIFY payload that does not follow the contract."""
@@ -170,7 +193,7 @@ def parse_notification(channel: str, payload: str, known: Container[str] = CHANN
 
 def parse_event_filter(events: Iterable[str] | str | None, known: Collection[str]) -> list[str] | None:
     """A webhook or push filter: event names of ``known`` and ``NAME_*`` wildcards (every
-    event of source NAME, attached later included); None for every event.
+    event of source NAME); None for every event.
 
     Raises EventFilterError naming what is unknown.
     """

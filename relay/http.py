@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
+from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -15,8 +17,22 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from relay import metrics, openapi
+from relay import metrics
 from relay.http_auth import error
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
+class NotReady(BaseModel):
+    status: Literal["unavailable"] = "unavailable"
+    error: str
+    problems: list[str]
 
 
 def build_app(
@@ -25,26 +41,25 @@ def build_app(
     readiness: Callable[[], Awaitable[list[str]]],
     refresh_gauges: Callable[[], Awaitable[None]],
     allowed_origins: list[str],
+    api_document: dict[str, Any],
 ) -> Starlette:
     """``readiness()`` lists what keeps the relay from being ready (empty: ready);
-    ``refresh_gauges()`` runs before every /metrics scrape."""
+    ``refresh_gauges()`` runs before every /metrics scrape; ``api_document`` is served at
+    /openapi.json."""
 
     async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse(Health().model_dump())
 
     async def readyz(_request: Request) -> Response:
         problems = await readiness()
         if problems:
-            message = "not ready: " + "; ".join(problems)
-            body = {"status": "unavailable", "error": message, "problems": problems}
-            return JSONResponse(body, status_code=503)
-        return JSONResponse({"status": "ready"})
+            body = NotReady(error="not ready: " + "; ".join(problems), problems=problems)
+            return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(Ready().model_dump())
 
     async def metrics_endpoint(_request: Request) -> Response:
         await refresh_gauges()
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-    api_document = openapi.document()
 
     async def openapi_json(_request: Request) -> Response:
         return JSONResponse(api_document)

@@ -5,15 +5,39 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from relay.auth import AuthError, Claims, TokenVerifier
 
 
+class Error(BaseModel):
+    """Every error response of the HTTP API."""
+
+    error: str = Field(description="What went wrong, for people.")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationError(Error):
+    """A refused field (422): the message names every bad field, ``errors`` lists them."""
+
+    errors: list[FieldError] = []
+
+
 def error(status: int, message: str) -> JSONResponse:
     """Every error the HTTP API returns is JSON with a message."""
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse(Error(error=message).model_dump(), status_code=status)
+
+
+def invalid(errors: list[FieldError]) -> JSONResponse:
+    """422 naming every bad field: ``{"error": "keys.auth: must be 16 bytes", "errors": [...]}``."""
+    message = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return JSONResponse(ValidationError(error=message, errors=errors).model_dump(), status_code=422)
 
 
 MAX_BODY = 16 * 1024

@@ -59,7 +59,7 @@ WHERE id IN (
 );
 
 -- name: retention_events
--- Events created before $1 that are sequenced (have a position), that every channel has
+-- Events created before $1 that are sequenced (have a position), that every destination kind has
 -- already planned (position not past any planning cursor), and whose deliveries are all
 -- finished before $1. Their deliveries go with them (ON DELETE CASCADE).
 DELETE FROM relay.events
@@ -79,7 +79,7 @@ WHERE id IN (
 );
 
 -- name: delivery_queue_depths
--- Deliveries waiting or given up, by channel and state; a pending delivery that has
+-- Deliveries waiting or given up, by destination kind (column channel) and state; a pending delivery that has
 -- already been attempted counts as 'retrying'.
 SELECT channel,
        CASE WHEN state = 'pending' AND attempts > 0 THEN 'retrying' ELSE state END AS state,
@@ -111,8 +111,9 @@ SELECT coalesce(max(position), $1) FROM (
 UPDATE relay.cursors SET position = $2 WHERE name = $1;
 
 -- name: deliveries_claim
--- Due deliveries of channel $1, at most $2, within what this process may still hold:
--- per target $6, per merchant $8 and per destination host $10, less what it already
+-- Due deliveries of destination kind $1 (column channel; target_id is the destination),
+-- at most $2, within what this process may still hold:
+-- per destination $6, per merchant $8 and per host $10 (column destination), less what it already
 -- holds ($5, $7, $9: JSON objects key -> count). So one merchant's or one host's backlog
 -- cannot crowd out the others; what is over stays unclaimed and due. A claim is a lease:
 -- next_attempt_at moves to its end, so a delivery held by a process that died becomes due

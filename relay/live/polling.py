@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay.auth import TokenVerifier
-from relay.events import decode_cursor, encode_cursor
+from relay.events import ChannelName, decode_cursor, encode_cursor
 from relay.http_auth import authenticate, error
 from relay.store import Store
 
@@ -27,6 +29,30 @@ MAX_LIMIT = 1000
 CATCH_UP_WAIT = 2.0
 
 CatchUp = Callable[[], Awaitable[None]]
+
+
+class EventsQuery(BaseModel):
+    """The query of ``GET /events`` (checked by hand below, to answer 400 with a message)."""
+
+    since: str | None = Field(
+        default=None,
+        pattern="^[0-9]{1,18}$",
+        description="A cursor this API returned; omitted: from the oldest retained event.",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description=f"Events per page, default 100; values above {MAX_LIMIT} are capped."
+    )
+
+
+class PolledEvent(BaseModel):
+    channel: ChannelName
+    cursor: str
+    data: dict[str, Any] = Field(description="The seed's NOTIFY payload plus eventId.")
+
+
+class EventPage(BaseModel):
+    events: list[PolledEvent]
+    next: str = Field(description="Pass back as `since` on the next poll.")
 
 
 def routes(store: Store, verifier: TokenVerifier | None, caught_up: CatchUp) -> list[BaseRoute]:
@@ -62,9 +88,8 @@ async def list_events(
     if after is None:
         after = await store.oldest_position()
     page = await store.merchant_events(claims.merchant_id, after, limit)
-    return JSONResponse(
-        {
-            "events": [{"channel": e.channel, "cursor": e.cursor, "data": e.data} for e in page],
-            "next": page[-1].cursor if page else encode_cursor(after),
-        }
+    body = EventPage(
+        events=[PolledEvent(channel=e.channel, cursor=e.cursor, data=dict(e.data)) for e in page],
+        next=page[-1].cursor if page else encode_cursor(after),
     )
+    return JSONResponse(body.model_dump())

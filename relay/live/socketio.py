@@ -108,7 +108,7 @@ class SioSink(Sink):
 
 
 class Gateway:
-    """The Socket.IO server of one relay; once ``mount``ed, the ASGI app that guards it.
+    """The Socket.IO server of one relay (``mount`` puts it, guarded, in front of an app).
 
     Its clients join ``hub``'s rooms; ``verifier`` None (no JWT key) refuses every
     CONNECT; a session must connect within ``auth_timeout`` seconds.
@@ -129,7 +129,6 @@ class Gateway:
             logger=logging.getLogger("socketio.server"),
             engineio_logger=logging.getLogger("engineio.server"),
         )
-        self.app: ASGIApp | None = None
         self.sinks: dict[str, SioSink] = {}
         self.gauge = metrics.ws_connections.labels(transport="socketio")
         self.refusals = {reason: Throttled(logger) for reason in ("malformed", "too_large", "auth_timeout")}
@@ -141,8 +140,7 @@ class Gateway:
 
     def mount(self, app: ASGIApp) -> ASGIApp:
         """Serve Socket.IO at /socket.io/ in front of ``app`` (every other path)."""
-        self.app = socketio.ASGIApp(self.server, other_asgi_app=app, socketio_path="socket.io")
-        return self
+        return Guard(self, socketio.ASGIApp(self.server, other_asgi_app=app, socketio_path="socket.io"))
 
     async def disconnect_all(self) -> None:
         """At shutdown: close every client (they reconnect to another process)."""
@@ -229,10 +227,15 @@ class Gateway:
         client = scope.get("client") or ("?", 0)
         self.refusals[reason].warning("Socket.IO: refused %s from %s: %s", reason, client[0], detail)
 
-    # The guard in front of engineio
+
+class Guard:
+    """The ASGI app in front of engineio (``app``) that refuses hostile input first."""
+
+    def __init__(self, gateway: Gateway, app: ASGIApp) -> None:
+        self.gateway = gateway
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert self.app is not None, "mount() the gateway first"
         path = scope.get("path", "")
         if scope["type"] not in ("http", "websocket") or not (path.rstrip("/") + "/").startswith(PATH):
             await self.app(scope, receive, send)
@@ -249,7 +252,7 @@ class Gateway:
     def checked_frames(self, scope: Scope, receive: Receive, send: Send, eio_sid: str | None) -> Receive:
         """``receive`` for engineio that refuses malformed packets (closing with 1008)."""
         raw = RawSocket.of(send)
-        if raw is not None and self.authenticated(eio_sid):
+        if raw is not None and self.gateway.authenticated(eio_sid):
             raw.limit_messages(MAX_MESSAGE)  # the upgrade of a connected long-polling session
 
         async def checked() -> Message:
@@ -260,7 +263,7 @@ class Gateway:
             problem = eio.packet_problem(text if text is not None else message.get("bytes"), websocket=True)
             if problem is None:
                 return message
-            self.refuse("malformed", scope, problem)
+            self.gateway.refuse("malformed", scope, problem)
             with contextlib.suppress(RuntimeError, OSError):
                 await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "malformed packet"})
             return {"type": "websocket.disconnect", "code": CLOSE_POLICY}
@@ -269,8 +272,7 @@ class Gateway:
 
     async def post(self, scope: Scope, receive: Receive, send: Send, eio_sid: str | None) -> None:
         """A long-polling POST: bounded, checked, then handed to engineio."""
-        assert self.app is not None
-        limit = MAX_MESSAGE if self.authenticated(eio_sid) else UNAUTHENTICATED_MAX_MESSAGE
+        limit = MAX_MESSAGE if self.gateway.authenticated(eio_sid) else UNAUTHENTICATED_MAX_MESSAGE
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and not declared.isdigit():
             await error(400, "invalid Content-Length")(scope, receive, send)
@@ -280,13 +282,13 @@ class Gateway:
         if body is None:
             return  # the client went away
         if too_large or len(body) > limit:
-            self.refuse("too_large", scope, f"a POST over {limit} bytes")
+            self.gateway.refuse("too_large", scope, f"a POST over {limit} bytes")
             await error(413, f"request body over {limit} bytes")(scope, receive, send)
             return
         problem = eio.payload_problem(body)
         if problem is not None:
-            self.refuse("malformed", scope, problem)
-            engine = eio.EngineSocket.of_engine(self.server, eio_sid)
+            self.gateway.refuse("malformed", scope, problem)
+            engine = eio.EngineSocket.of_engine(self.gateway.server, eio_sid)
             if engine is not None:
                 await engine.end()
             await error(400, f"malformed packet: {problem}")(scope, receive, send)

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import asyncpg
-from pydantic import ValidationError
+import pydantic
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -16,8 +17,8 @@ from relay.auth import TokenVerifier
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS
 from relay.egress import Resolver
-from relay.events import Sources
-from relay.http_auth import MAX_BODY, authenticate, error, read_json
+from relay.events import EventFilter, Sources
+from relay.http_auth import MAX_BODY, FieldError, authenticate, error, invalid, read_json
 from relay.push.subscriptions import (
     EndpointIn,
     LimitReached,
@@ -32,25 +33,23 @@ logger = logging.getLogger(__name__)
 PUSH_OFF = "Web Push is off: set RELAY_VAPID_PRIVATE_KEY and RELAY_VAPID_SUBJECT (see `relay vapid-keys`)"
 
 
-def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+class VapidPublicKey(BaseModel):
+    publicKey: str = Field(
+        description="base64url of the 65-byte uncompressed P-256 point (the browser's applicationServerKey)"
+    )
+
+
+class SubscriptionStored(BaseModel):
+    id: int
+    channels: list[EventFilter]
+
+
+def field_errors(exc: pydantic.ValidationError) -> list[FieldError]:
     found = []
     for item in exc.errors():
         name = ".".join(str(part) for part in item["loc"]) or "body"
-        found.append({"field": name, "message": str(item["msg"]).removeprefix("Value error, ")})
+        found.append(FieldError(field=name, message=str(item["msg"]).removeprefix("Value error, ")))
     return found
-
-
-def invalid(exc: ValidationError) -> JSONResponse:
-    """422 naming every bad field: ``{"error": "keys.auth: must be 16 bytes", "errors": [...]}``."""
-    errors = _field_errors(exc)
-    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse({"error": message, "errors": errors}, status_code=422)
-
-
-def field_error(field: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": f"{field}: {message}", "errors": [{"field": field, "message": message}]}, status_code=422
-    )
 
 
 def routes(
@@ -67,7 +66,7 @@ def routes(
     async def vapid_public_key(_request: Request) -> Response:
         if public_key is None:
             return error(503, PUSH_OFF)
-        return JSONResponse({"publicKey": public_key})
+        return JSONResponse(VapidPublicKey(publicKey=public_key).model_dump())
 
     async def subscriptions(request: Request) -> Response:
         try:
@@ -92,22 +91,22 @@ def routes(
         if request.method == "DELETE":
             try:
                 gone = EndpointIn.model_validate(body)
-            except ValidationError as exc:
-                return invalid(exc)
+            except pydantic.ValidationError as exc:
+                return invalid(field_errors(exc))
             await store.delete_subscription(gone.endpoint, claims.merchant_id, claims.user_id)
             return Response(status_code=204)
         try:
             sub = SubscriptionIn.model_validate(body)
-        except ValidationError as exc:
-            return invalid(exc)
+        except pydantic.ValidationError as exc:
+            return invalid(field_errors(exc))
         problem = await endpoint_problem(sub.endpoint, settings.egress_allow, resolver, settings.dns_timeout)
         if problem is not None:
-            return field_error("endpoint", problem)
+            return invalid([FieldError(field="endpoint", message=problem)])
         known = Sources(await store.sources()).channels
         try:
             sub = sub.model_copy(update={"channels": sub.channel_filter(known)})
         except ValueError as exc:
-            return field_error("channels", str(exc))
+            return invalid([FieldError(field="channels", message=str(exc))])
         try:
             subscription_id, created = await store_subscription(
                 store, settings, claims.merchant_id, claims.user_id, sub
@@ -124,7 +123,8 @@ def routes(
                 "subscription_id": subscription_id,
             },
         )
-        return JSONResponse({"id": subscription_id, "channels": sub.channels or list(known)}, status_code=201)
+        stored = SubscriptionStored(id=subscription_id, channels=sub.channels or list(known))
+        return JSONResponse(stored.model_dump(), status_code=201)
 
     return [
         Route("/push/vapid-public-key", vapid_public_key, methods=["GET"]),

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from relay.config import IPNetwork, Settings
 from relay.egress import EgressRefused, Resolver, literal_address, lookup, validate_url
 from relay.errors import RelayError
-from relay.events import EventFilterError, parse_event_filter
+from relay.events import EventFilter, EventFilterError, parse_event_filter
 from relay.push.vapid import b64url_decode
 from relay.store import Store
 
@@ -64,7 +64,7 @@ class SubscriptionIn(BaseModel):
     endpoint: Annotated[str, Field(max_length=MAX_ENDPOINT)]
     keys: SubscriptionKeys
     expirationTime: Annotated[float, Field(ge=0, le=MAX_EXPIRATION_MS)] | None = None
-    channels: list[str] | None = None
+    channels: list[EventFilter] | None = None
 
     @field_validator("endpoint")
     @classmethod

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -14,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from relay.auth import TokenVerifier
 from relay.db import TRANSIENT_ERRORS
 from relay.egress import EgressRefused, IPNetwork
+from relay.events import EventFilter
 from relay.http_auth import authenticate, error, read_json
 from relay.store import Store
 from relay.webhooks.endpoints import EndpointError, EndpointLimitReached, add_endpoint, list_endpoints
@@ -21,6 +23,43 @@ from relay.webhooks.endpoints import EndpointError, EndpointLimitReached, add_en
 logger = logging.getLogger(__name__)
 
 BIGINT_MAX = 2**63 - 1
+Timestamp = Annotated[str | None, WithJsonSchema({"type": ["string", "null"], "format": "date-time"})]
+
+
+class WebhookEndpointIn(BaseModel):
+    """``POST /webhooks`` (checked by ``add_endpoint``, to answer with a message per field)."""
+
+    url: str = Field(max_length=2048, json_schema_extra={"format": "uri"})
+    events: list[EventFilter] | None = Field(
+        default=None, description="Events to deliver; omitted, null or empty: every event."
+    )
+
+
+class WebhookEndpointId(BaseModel):
+    id: int = Field(ge=1, le=BIGINT_MAX)
+
+
+class EndpointPath(BaseModel):
+    endpoint_id: int = Field(ge=0, le=BIGINT_MAX)
+
+
+class WebhookEndpoint(BaseModel):
+    id: int
+    merchantId: str
+    url: str
+    events: list[EventFilter] | None
+    enabled: bool
+    disabledReason: str | None
+    failingSince: Timestamp
+    createdAt: Timestamp
+
+
+class WebhookEndpointCreated(WebhookEndpoint):
+    secret: str = Field(pattern="^whsec_", description="Standard Webhooks signing secret; shown only once.")
+
+
+class WebhookEndpointList(BaseModel):
+    endpoints: list[WebhookEndpoint]
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:
@@ -51,7 +90,8 @@ def routes(
             return claims
         merchant = claims.merchant_id
         if request.method == "GET":
-            return JSONResponse({"endpoints": await list_endpoints(store, merchant)})
+            listed = WebhookEndpointList.model_validate({"endpoints": await list_endpoints(store, merchant)})
+            return JSONResponse(listed.model_dump())
         if request.method == "POST":
             body = await _json_body(request)
             if isinstance(body, Response):
@@ -71,7 +111,8 @@ def routes(
                 return error(422, f"events: {exc}")
             except EndpointLimitReached as exc:
                 return error(409, str(exc))
-            return JSONResponse({**endpoint, "secret": secret}, status_code=201)
+            created = WebhookEndpointCreated.model_validate({**endpoint, "secret": secret})
+            return JSONResponse(created.model_dump(), status_code=201)
         # DELETE /webhooks with {"id"}, or DELETE /webhooks/{id}
         raw_id: Any = request.path_params.get("endpoint_id")
         if raw_id is None:
