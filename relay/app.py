@@ -32,6 +32,7 @@ from relay.feed import Feed
 from relay.listener import Listener
 from relay.live import polling, websocket
 from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Hub
+from relay.live.recovery import Recovery
 from relay.live.socketio import Gateway
 from relay.live.wire import CaptureSend, LiveWebSocketProtocol, ServerWithoutSignals
 from relay.push import routes as push_routes
@@ -98,7 +99,21 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,
     )
-    gateway = Gateway(hub, verifier, settings.allowed_origins, settings.auth_timeout)
+
+    async def live_position() -> int:
+        await feed.started.wait()
+        assert feed.position is not None
+        return feed.position
+
+    gateway = Gateway(
+        hub,
+        verifier,
+        settings.allowed_origins,
+        settings.auth_timeout,
+        store=store,
+        recovery=Recovery.keyed_by(settings.jwt_secret or settings.jwt_public_key or ""),
+        position=live_position,
+    )
     return Services(settings, store, hub, feed, listener, poller, verifier, signer, gateway, resolver)
 
 

@@ -67,6 +67,12 @@ def build_app(
     async def calendar(_request: Request) -> Response:
         return HTMLResponse(resources.files("relay").joinpath("static/index.html").read_text("utf-8"))
 
+    socketio_client = resources.files("relay").joinpath("static/socket.io.min.js").read_bytes()
+
+    async def socketio_client_script(_request: Request) -> Response:
+        # socket.io-client's browser bundle (MIT), for the calendar page's ?via=socketio
+        return Response(socketio_client, media_type="text/javascript")
+
     middleware = [
         Middleware(
             CORSMiddleware,
@@ -78,6 +84,7 @@ def build_app(
     return Starlette(
         routes=[
             Route("/", calendar),
+            Route("/static/socket.io.min.js", socketio_client_script),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),

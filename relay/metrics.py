@@ -69,6 +69,12 @@ ws_connections = Gauge(
     ["transport"],
     registry=REGISTRY,
 )
+socketio_sessions = Counter(
+    "relay_socketio_sessions_total",
+    "Socket.IO sessions connected: new (no pid), recovered, not_recovered (its pid or offset did not hold)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 live_refused = Counter(
     "relay_live_refused_total",
     "Live-connection input refused: malformed packets, oversized requests, no valid token in time",

@@ -28,9 +28,9 @@ Connected = Callable[[str, dict[str, Any]], Awaitable[None]]
 Disconnected = Callable[[str, object], Awaitable[None]]
 
 
-def event_packet(namespace: str, name: str, data: object) -> tuple[str, Any]:
-    """An event as Engine.IO text (``42/ns,["name",{...}]``) and as the packet its queue takes."""
-    message = sio_packet.Packet(sio_packet.EVENT, data=[name, data], namespace=namespace)
+def event_packet(namespace: str, name: str, *args: object) -> tuple[str, Any]:
+    """An event as Engine.IO text (``42/ns,["name",{...},...]``) and as the packet its queue takes."""
+    message = sio_packet.Packet(sio_packet.EVENT, data=[name, *args], namespace=namespace)
     packet = eio_packet.Packet(eio_packet.MESSAGE, message.encode())
     text: str = packet.encode()
     return text, packet
@@ -119,6 +119,20 @@ def hook(server: socketio.AsyncServer, *, connected: Connected) -> None:
 
     server.eio.on("connect", on_connect)
     server.eio.on("disconnect", on_disconnect)
+
+
+def add_to_connect_ack(server: socketio.AsyncServer, extra: Callable[[str], dict[str, Any]]) -> None:
+    """Add ``extra(sid)`` to the data of the CONNECT acknowledgement socketio sends for
+    session ``sid`` (``{"sid": ...}``): socketio has no way to put a recovery ``pid`` there."""
+    send_packet: Callable[[str, Any], Awaitable[None]] = server._send_packet
+
+    async def send(eio_sid: str, packet: Any) -> None:
+        data = packet.data
+        if packet.packet_type == sio_packet.CONNECT and isinstance(data, dict) and "sid" in data:
+            packet.data = {**data, **extra(data["sid"])}
+        await send_packet(eio_sid, packet)
+
+    server._send_packet = send
 
 
 def packet_problem(data: object, *, websocket: bool) -> str | None:

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Container, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.events import CHANNELS, Event, Sources
 from relay.live.wire import text_frame
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 ROOM_PREFIX = "merchant:"
 DEFAULT_MAX_BUFFER = 512 * 1024  # bytes waiting in one client's transport before it is "too slow"
+REPLAY_PAGE = 500
 DEFAULT_MAX_PENDING = 10_000  # events held for one client while its replay runs
 # The kernel's share of one client's backlog; without a cap Linux grows it to megabytes.
 DEFAULT_SOCKET_BUFFER = 128 * 1024
@@ -145,6 +147,14 @@ class Sink:
         if self.interest.wants(event.channel):
             self.write(encoded)
 
+    def live_floor(self, position: int) -> int:
+        """The offset of a client that joined the room before the feed handed on ``position``:
+        it has every event of its merchant up to the returned position (the events after it
+        are held for it, or still to come)."""
+        if self._pending:
+            return min(position, self._pending[0][0].position - 1)
+        return position
+
     def go_live(self, floor: int = 0) -> None:
         """Send what arrived meanwhile (above ``floor``, the last position replayed), then live."""
         self.floor = max(self.floor, floor)
@@ -233,3 +243,17 @@ class Hub:
         task = asyncio.get_running_loop().create_task(factory())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def replay(store: Store, sink: Sink, after: int, send: Callable[[Event], Awaitable[object]]) -> int:
+    """Send ``sink``'s merchant's events after position ``after`` in position order (while the
+    sink holds live ones); return the last position sent, the floor for ``go_live``."""
+    while True:
+        page = await store.merchant_events(sink.merchant_id, after, REPLAY_PAGE)
+        for event in page:
+            if sink.closed:  # fell behind while replaying: it resumes again later
+                return after
+            await send(event)
+            after = event.position
+        if len(page) < REPLAY_PAGE:
+            return after

@@ -14,7 +14,13 @@ an Engine.IO session that has not connected ``/notifications`` with a valid toke
 within ``RELAY_AUTH_TIMEOUT`` seconds is closed. Until then a client may send at most
 ``UNAUTHENTICATED_MAX_MESSAGE`` bytes at a time, ``MAX_MESSAGE`` afterwards.
 
-Fan-out: the Engine.IO packet of an event (``42/notifications,["booking_created",{...}]``)
+Connection state recovery (``relay.live.recovery``): the CONNECT acknowledgement carries a
+``pid`` and every event, ``connected`` included, the cursor as its last argument (the
+offset). A CONNECT with a pid that holds for the token and an offset still retained is
+recovered: the same pid is acknowledged, then ``connected``, then the merchant's events
+after the offset (read from ``relay.events``, while live ones are held), then live.
+
+Fan-out: the Engine.IO packet of an event (``42/notifications,["booking_created",{...},"C"]``)
 is built once per room. A client on the websocket transport whose Engine.IO queue
 is empty gets the prebuilt frame written straight to its connection; any other
 client (polling, upgrading, or with packets still queued) gets the same packet
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,14 +41,16 @@ import socketio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import metrics
-from relay.auth import AuthError, TokenVerifier
-from relay.events import Event
+from relay.auth import AuthError, Claims, TokenVerifier
+from relay.events import Event, encode_cursor
 from relay.http_auth import error
 from relay.live import eio
-from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Encoded, Hub, Interest, Sink
-from relay.live.websocket import CLOSE_POLICY, CLOSE_TOO_SLOW, OFF_MESSAGE
+from relay.live.hub import UNAUTHENTICATED_MAX_MESSAGE, Encoded, Hub, Interest, Sink, replay
+from relay.live.recovery import Recovery
+from relay.live.websocket import CLOSE_POLICY, CLOSE_TOO_SLOW, DB_ERRORS, OFF_MESSAGE
 from relay.live.wire import RawSocket
 from relay.logs import Throttled
+from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ class SocketIOTransport:
     name = "socketio"
 
     def encode(self, event: Event) -> Encoded:
-        text, packet = eio.event_packet(NAMESPACE, event.channel, dict(event.data))
+        text, packet = eio.event_packet(NAMESPACE, event.channel, dict(event.data), event.cursor)
         return Encoded.of(text, packet)
 
 
@@ -63,9 +72,12 @@ TRANSPORT = SocketIOTransport()
 
 
 class SioSink(Sink):
-    def __init__(self, hub: Hub, interest: Interest, server: socketio.AsyncServer, sid: str) -> None:
+    def __init__(
+        self, hub: Hub, interest: Interest, server: socketio.AsyncServer, sid: str, pid: str
+    ) -> None:
         super().__init__(hub, TRANSPORT, interest)
         self.sid = sid
+        self.pid = pid
         self._server = server
         self._eio = eio.EngineSocket.of(server, sid, NAMESPACE)
         self._send = eio.websocket_send(server, sid, NAMESPACE)
@@ -103,21 +115,33 @@ class SioSink(Sink):
         if send is not None and raw is not None:
             message = {"type": "websocket.close", "code": CLOSE_TOO_SLOW, "reason": "too slow"}
             self.hub.spawn(lambda: raw.close_then_abort(send(message), self.hub.close_grace))
-        else:
-            self.hub.spawn(lambda: self._server.disconnect(self.sid, namespace=NAMESPACE))
+        elif (engine := self._eio) is not None:
+            # No Socket.IO DISCONNECT: the client reconnects by itself and recovers.
+            self.hub.spawn(engine.end)
 
 
 class Gateway:
     """The Socket.IO server of one relay (``mount`` puts it, guarded, in front of an app).
 
     Its clients join ``hub``'s rooms; ``verifier`` None (no JWT key) refuses every
-    CONNECT; a session must connect within ``auth_timeout`` seconds.
+    CONNECT; a session must connect within ``auth_timeout`` seconds. ``store`` replays
+    what a recovering client missed; ``position()`` is the last position the feed handed
+    to the hub (once it has started).
     """
 
     def __init__(
-        self, hub: Hub, verifier: TokenVerifier | None, allowed_origins: list[str], auth_timeout: float
+        self,
+        hub: Hub,
+        verifier: TokenVerifier | None,
+        allowed_origins: list[str],
+        auth_timeout: float,
+        *,
+        store: Store,
+        recovery: Recovery,
+        position: Callable[[], Awaitable[int]],
     ) -> None:
         self.hub, self.verifier, self.auth_timeout = hub, verifier, auth_timeout
+        self.store, self.recovery, self.position = store, recovery, position
         origins = allowed_origins
         self.server = server = socketio.AsyncServer(
             async_mode="asgi",
@@ -133,6 +157,7 @@ class Gateway:
         self.gauge = metrics.ws_connections.labels(transport="socketio")
         self.refusals = {reason: Throttled(logger) for reason in ("malformed", "too_large", "auth_timeout")}
         eio.hook(server, connected=self.eio_connect)
+        eio.add_to_connect_ack(server, self.ack_data)
         server.on("connect", self.connect, namespace=NAMESPACE)
         server.on("disconnect", self.disconnect, namespace=NAMESPACE)
         server.on("subscribe", self.subscribe, namespace=NAMESPACE)
@@ -143,9 +168,18 @@ class Gateway:
         return Guard(self, socketio.ASGIApp(self.server, other_asgi_app=app, socketio_path="socket.io"))
 
     async def disconnect_all(self) -> None:
-        """At shutdown: close every client (they reconnect to another process)."""
+        """At shutdown: end every client's Engine.IO session without a Socket.IO DISCONNECT,
+        so that socket.io-client reconnects by itself (to another process or the restarted
+        one) and recovers; after a DISCONNECT ("io server disconnect") it never would."""
         for sid in list(self.sinks):
-            await self.server.disconnect(sid, namespace=NAMESPACE)
+            engine = eio.EngineSocket.of(self.server, sid, NAMESPACE)
+            if engine is not None:
+                with contextlib.suppress(RuntimeError, OSError):
+                    await engine.end()
+
+    def ack_data(self, sid: str) -> dict[str, Any]:
+        sink = self.sinks.get(sid)
+        return {"pid": sink.pid} if sink is not None else {}
 
     # Socket.IO handlers
 
@@ -161,23 +195,48 @@ class Gateway:
             claims = self.verifier.verify(token if isinstance(token, str) else None)
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        sink = SioSink(hub, Interest(claims.merchant_id, hub.sources), server, sid)
+        after = await self.recovery.resumable(self.store, claims, auth)
+        engine = eio.EngineSocket.of(server, sid, NAMESPACE)
+        if engine is None or engine.closed:  # the client left while its recovery was checked
+            raise socketio.exceptions.ConnectionRefusedError("connection closed")
+        presented = isinstance(auth, dict) and "pid" in auth
+        outcome = "recovered" if after is not None else "not_recovered" if presented else "new"
+        metrics.socketio_sessions.labels(outcome=outcome).inc()
+        pid = auth["pid"] if after is not None and isinstance(auth, dict) else self.recovery.new_pid(claims)
+        sink = SioSink(hub, Interest(claims.merchant_id, hub.sources), server, sid, pid)
         self.sinks[sid] = sink
-        hub.join(sink)
+        hub.join(sink)  # from here every live event is held until go_live
         self.gauge.inc()
-        hello = {"userId": claims.user_id, "merchantId": claims.merchant_id}
-
-        async def greet() -> None:
-            # After this handler returns the library queues the namespace CONNECT; greeting
-            # from a task puts `connected` after it, as the NestJS gateway's handleConnection did.
-            await server.emit("connected", hello, to=sid, namespace=NAMESPACE)
-            sink.go_live()
-
-        hub.spawn(greet)
+        hub.spawn(lambda: self.greet(sink, claims, after))
         sink.expiry = asyncio.get_running_loop().call_later(
             max(claims.seconds_left, 0.0),
             lambda: hub.spawn(lambda: server.disconnect(sid, namespace=NAMESPACE)),
         )
+
+    async def greet(self, sink: SioSink, claims: Claims, after: int | None) -> None:
+        """``connected``, the missed events when recovering, then live. Runs after this
+        session's CONNECT acknowledgement is queued, as the NestJS gateway's handleConnection did."""
+        server, sid = self.server, sink.sid
+        hello = {"userId": claims.user_id, "merchantId": claims.merchant_id}
+        if after is None:  # a new session: its offset is where the feed is
+            floor = sink.live_floor(await self.position())
+            await server.emit("connected", (hello, encode_cursor(floor)), to=sid, namespace=NAMESPACE)
+        else:
+            await server.emit("connected", (hello, encode_cursor(after)), to=sid, namespace=NAMESPACE)
+
+            async def send(event: Event) -> None:
+                args = (dict(event.data), event.cursor)
+                await server.emit(event.channel, args, to=sid, namespace=NAMESPACE)
+
+            try:
+                floor = await replay(self.store, sink, after, send)
+            except DB_ERRORS as exc:
+                logger.warning("Socket.IO: replay failed (%s); the client recovers later", type(exc).__name__)
+                engine = eio.EngineSocket.of(server, sid, NAMESPACE)
+                if engine is not None:
+                    await engine.end()  # no DISCONNECT: the client reconnects with its offset
+                return
+        sink.go_live(floor)
 
     async def disconnect(self, sid: str, *_reason: object) -> None:
         sink = self.sinks.pop(sid, None)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -26,14 +27,13 @@ from relay.auth import AuthError, Claims, TokenVerifier
 from relay.db import TRANSIENT_ERRORS
 from relay.events import Event, decode_cursor
 from relay.http_auth import bearer_token, error, origin_allowed
-from relay.live.hub import Encoded, Hub, Interest, Sink
+from relay.live.hub import Encoded, Hub, Interest, Sink, replay
 from relay.live.wire import RawSocket
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4096
-REPLAY_PAGE = 500
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1013
 CLOSE_TOO_BIG = 1009
@@ -164,7 +164,7 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
         floor = 0
         if after is not None:
             try:
-                floor = await replay(store, websocket, sink, after)
+                floor = await replay(store, sink, after, sender(websocket))
             except DB_ERRORS as exc:
                 logger.warning(
                     "replay failed (%s: %s); the client resumes later",
@@ -188,17 +188,11 @@ async def serve(hub: Hub, store: Store, verifier: TokenVerifier, websocket: WebS
             pump.cancel()
 
 
-async def replay(store: Store, websocket: WebSocket, sink: WsSink, after: int) -> int:
-    """Send the merchant's events after ``after`` in position order; return the last position sent."""
-    while True:
-        page = await store.merchant_events(sink.merchant_id, after, REPLAY_PAGE)
-        for event in page:
-            if sink.closed:  # fell behind while replaying: it resumes again later
-                return after
-            await websocket.send_text(TRANSPORT.encode(event).text)
-            after = event.position
-        if len(page) < REPLAY_PAGE:
-            return after
+def sender(websocket: WebSocket) -> Callable[[Event], Awaitable[None]]:
+    async def send(event: Event) -> None:
+        await websocket.send_text(TRANSPORT.encode(event).text)
+
+    return send
 
 
 async def converse(websocket: WebSocket, sink: WsSink, claims: Claims) -> None:

@@ -70,9 +70,9 @@ class RelayProcess:
             time.sleep(0.1)
         raise RuntimeError("relay run did not become ready")
 
-    def kill(self) -> None:
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.send_signal(sig)
             self.proc.wait(10)
             self.proc = None
 
@@ -124,6 +124,39 @@ async def test_calendar_shows_the_demos_attached_payments_too(
             await page.wait_for_selector('.card[data-booking-id="bk-paid"] .payment.PAID', timeout=10_000)
             log = await page.inner_text("#log")
             assert "payment_created pay_1 PENDING" in log and "payment_updated pay_1 PAID" in log
+            await browser.close()
+    finally:
+        await writer.close()
+
+
+async def test_calendar_on_socketio_recovers_the_bookings_committed_during_a_graceful_restart(
+    db_url: str, relay_process: RelayProcess
+) -> None:
+    token = mint_token(make_settings(db_url, jwt_secret=SECRET), merchant_id="m1", user_id="u1")
+    writer = await asyncpg.connect(db_url)
+    assert async_playwright is not None and CHROMIUM is not None
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = await browser.new_page(viewport={"width": 1200, "height": 900})
+            await page.goto(f"http://127.0.0.1:{relay_process.port}/?token={token}&via=socketio")
+            await page.wait_for_selector("#badge.live", timeout=10_000)
+            await insert_booking(writer, "bk-live", "m1")
+            await card(page, "bk-live", 2_000)
+
+            relay_process.kill(signal.SIGTERM)  # a deploy: the page is not told goodbye
+            await page.wait_for_selector("#badge.connecting", timeout=5_000)
+            await insert_booking(writer, "bk-during-deploy", "m1")
+            await insert_booking(writer, "bk-other-merchant", "m2")
+
+            relay_process.start()
+            await page.wait_for_selector("#badge.live", timeout=15_000)
+            assert await page.inner_text("#badge") == "live · recovered"
+            await card(page, "bk-during-deploy", 5_000)
+            assert "Socket.IO reconnected: missed events recovered" in await page.inner_text("#log")
+            assert await page.query_selector('.card[data-booking-id="bk-other-merchant"]') is None
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "calendar-socketio.png"), full_page=True)
             await browser.close()
     finally:
         await writer.close()

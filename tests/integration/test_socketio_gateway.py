@@ -21,7 +21,7 @@ class Client:
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.sio.on("*", self._record, namespace="/notifications")
 
-    async def _record(self, event: str, data: Any = None) -> None:
+    async def _record(self, event: str, data: Any = None, *_offset: Any) -> None:
         self.events.put_nowait((event, data))
 
     async def next(self, wait: float = 5.0) -> tuple[str, Any]:

@@ -33,13 +33,23 @@ def node_client() -> Path:
 class NodeClient:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        self.upgrades = 0  # transport upgrades (long-polling to websocket), counted apart
 
     async def next(self, wait: float = 10.0) -> tuple[str, Any]:
         assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), wait)
-        assert line, "the node client exited"
-        message = json.loads(line)
-        return message["event"], message["data"]
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), wait)
+            assert line, "the node client exited"
+            message = json.loads(line)
+            if message["event"] != "upgrade":
+                return message["event"], message["data"]
+            assert message["data"] == "websocket"
+            self.upgrades += 1
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
 
     async def until(self, event: str) -> Any:
         while True:
@@ -74,7 +84,8 @@ async def test_real_socketio_client_connects_gets_connected_and_receives_booking
         url = f"http://127.0.0.1:{relay.http_port}"
         clients = start_client(node_client, url, token(settings, "mA", user="staff-1"), transport)
         async for client in clients:
-            assert await client.next() == ("connect", None)  # then `connected`, as from the NestJS gateway
+            # then `connected`, as from the NestJS gateway
+            assert await client.next() == ("connect", {"recovered": False})
             assert await client.next() == ("connected", {"userId": "staff-1", "merchantId": "mA"})
             await insert(db_url, ("other", "mB"), ("b1", "mA"))
             name, data = await client.next()

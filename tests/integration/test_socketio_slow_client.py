@@ -4,12 +4,14 @@ import asyncio
 import json
 
 import asyncpg
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.livekit import live_settings, running, small_window_socket, token
+from tests.integration.livekit import insert, live_settings, running, small_window_socket, token
 from tests.integration.test_socketio_gateway import sio_client
+from tests.integration.test_socketio_hostile import Polling, eio_url
 
 EVENTS = 5000
 BATCH = 1000  # one feed batch
@@ -53,3 +55,30 @@ async def test_socketio_websocket_client_that_stops_reading_is_closed_while_othe
                     await asyncio.wait_for(slow.recv(), 10)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1013
+
+
+async def test_a_polling_client_that_stops_polling_is_ended_without_a_disconnect_so_it_comes_back(
+    db_url: str,
+) -> None:
+    # A Socket.IO DISCONNECT would stop socket.io-client for good ("io server disconnect");
+    # an ended Engine.IO session makes it reconnect and recover what it missed.
+    settings = live_settings(db_url)
+    async with running(settings) as relay, httpx.AsyncClient(timeout=5) as client:
+        relay.hub.max_pending = 5
+        session = Polling(client, eio_url(relay, "http"))
+        await session.open()
+        await session.post("40/notifications," + json.dumps({"token": token(settings, "mA")}))
+        received = ""
+        while "connected" not in received:
+            received += (await session.poll()).text
+        await insert(db_url, *[(f"b{i}", "mA") for i in range(10)])  # the client does not poll
+        answers = []
+        for _ in range(3):
+            answer = await session.poll()
+            answers.append(answer.text)
+            if answer.status_code == 400 or answer.text.endswith("1"):  # gone, or CLOSE
+                break
+        else:
+            raise AssertionError(f"the session was not ended: {answers}")
+        assert not any("41/notifications" in text for text in answers), answers
+        assert relay.hub.room_size("mA") == 0

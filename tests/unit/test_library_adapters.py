@@ -15,6 +15,7 @@ from typing import Any
 import engineio
 import socketio
 import uvicorn
+from socketio import packet as sio_packet
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
@@ -99,7 +100,7 @@ def test_engineio_sockets_still_have_what_the_adapter_reads() -> None:
 
 def test_socketio_still_has_the_engine_hooks_and_session_lookups() -> None:
     server = socketio.AsyncServer(async_mode="asgi")
-    for name in ("_handle_eio_connect", "_handle_eio_disconnect"):
+    for name in ("_handle_eio_connect", "_handle_eio_disconnect", "_send_packet"):
         assert callable(getattr(server, name, None)), f"python-socketio: AsyncServer.{name} is gone"
     for name in ("eio_sid_from_sid", "sid_from_eio_sid"):
         assert callable(getattr(server.manager, name, None)), f"python-socketio: manager.{name} is gone"
@@ -122,7 +123,21 @@ def test_engineio_sockets_can_still_be_ended_without_waiting() -> None:
     assert isinstance(eio.eio_payload.Payload.max_decode_packets, int)
 
 
-def test_an_event_packet_is_the_socketio_wire_format() -> None:
-    text, packet = eio.event_packet("/notifications", "booking_created", {"id": "b1"})
-    assert text == '42/notifications,["booking_created",{"id":"b1"}]'
+def test_an_event_packet_is_the_socketio_wire_format_with_the_offset_last() -> None:
+    text, packet = eio.event_packet("/notifications", "booking_created", {"id": "b1"}, "42")
+    assert text == '42/notifications,["booking_created",{"id":"b1"},"42"]'
     assert packet.encode() == text
+
+
+async def test_the_connect_acknowledgement_carries_what_the_gateway_adds() -> None:
+    server = socketio.AsyncServer(async_mode="asgi")
+    sent: list[str] = []
+
+    async def send(_eio_sid: str, data: str) -> None:
+        sent.append(data)
+
+    server.eio.send = send  # type: ignore[method-assign]
+    eio.add_to_connect_ack(server, lambda sid: {"pid": f"pid-of-{sid}"})
+    await server._send_packet("e1", sio_packet.Packet(sio_packet.CONNECT, {"sid": "s1"}, namespace="/n"))
+    await server._send_packet("e1", sio_packet.Packet(sio_packet.EVENT, ["x", {"sid": "s1"}], namespace="/n"))
+    assert sent == ['0/n,{"sid":"s1","pid":"pid-of-s1"}', '2/n,["x",{"sid":"s1"}]']

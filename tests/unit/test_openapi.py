@@ -10,7 +10,7 @@ from tests.support import http_routes
 
 # Not request/response API: the calendar page and the browser scripts (WebSocket and
 # Socket.IO are not `Route`s).
-UNDOCUMENTED = {"/", "/sw.js", "/static/push.js"}
+UNDOCUMENTED = {"/", "/sw.js", "/static/push.js", "/static/socket.io.min.js"}
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
