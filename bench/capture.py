@@ -32,11 +32,12 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
 import websockets
 
 from bench.common import Row, median, percentile, row, server
+from bench.live import mint, serve
 from relay import app
-from relay.auth import mint_token
 from relay.config import Settings
 from relay.embedded import EmbeddedPostgres
 from relay.store import Store, migrate
@@ -278,16 +279,19 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
 
 
 async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float) -> list[Row]:
+    """Commit -> a /ws client of `relay run` (a process of its own) in poll mode, commits
+    spread evenly over the poll phase."""
     url = await make_database(pg, "poll_latency", "poll")
-    secret = "bench-secret-0123456789abcdef0123456789"
-    settings = Settings(database_url=url, http_host="127.0.0.1", http_port=0, jwt_secret=secret)
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     writer = await asyncpg.connect(url)
-    async with app.start(settings) as relay:
-        await asyncio.wait_for(relay.poller.leading.wait(), 10)
-        tok = mint_token(settings, merchant_id="m1", user_id="u1", ttl=600)
-        async with websockets.connect(f"ws://127.0.0.1:{relay.http_port}/ws?token={tok}") as ws:
+    async with serve("relay", url) as relay, httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 10
+        while "relay_poller_leader 1.0" not in (await client.get(f"{relay.url}/metrics")).text:
+            assert time.monotonic() < deadline, "the relay does not poll"
+            await asyncio.sleep(0.1)
+        ws_url = relay.url.replace("http", "ws") + f"/ws?token={mint('m1', 'u1')}"
+        async with websockets.connect(ws_url) as ws:
             await ws.recv()  # connected
 
             async def receive() -> None:
@@ -304,14 +308,14 @@ async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float) -> li
                     booking,
                 )
                 sent[booking] = time.perf_counter()
-                await asyncio.sleep(random.uniform(0.005, 0.015))  # commits spread over the poll phase
+                await asyncio.sleep(random.uniform(0.005, 0.015))
             await asyncio.wait_for(reader, 10)
     await writer.close()
     ms = [(received[b] - sent[b]) * 1000 for b in sent if b in received]
     floor = interval * 1000
     return [
-        row(f"poll mode commit->/ws client p{p} ms (baseline: the poll interval)", percentile(ms, p), floor,
-            "difference <= 5 ms" if p == 99 else "", unit="ms", difference=True)
+        row(f"poll mode commit->/ws client p{p} ms (relay run; baseline: the poll interval)",
+            percentile(ms, p), floor, "difference <= 5 ms" if p == 99 else "", unit="ms", difference=True)
         for p in (50, 99)
     ]  # fmt: skip
 

@@ -85,7 +85,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         capture=capture,
         load_capture=store.capture_mode,
         on_notify=feed.notified,
-        on_wake=feed.wake,
+        on_wake=lambda sender: None if sender == poller.backend_pid else feed.wake(),
         on_connect=feed.wake,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
@@ -95,6 +95,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
     poller = Poller(
         settings.listen_url,
         capture,
+        on_sequenced=feed.wake,  # this process's feed; NOTIFY relay_wake wakes the others'
         interval=settings.poll_interval,
         timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -93,7 +94,9 @@ def _export(mode: str) -> None:
 class Poller:
     """In poll mode, competes for the poller lock and, while it holds it, polls.
 
-    Runs in every relay process; holds no connection outside poll mode.
+    Runs in every relay process; holds no connection outside poll mode. After a pass that
+    sequenced events it calls ``on_sequenced()`` at once: its own process need not wait for
+    the NOTIFY relay_wake that wakes the others (which ``backend_pid`` sent).
     """
 
     def __init__(
@@ -101,12 +104,14 @@ class Poller:
         dsn: str,
         capture: CaptureMode,
         *,
+        on_sequenced: Callable[[], None] = lambda: None,
         interval: float = 0.02,
         timeout: float = 2.0,
         max_delay: float = 10.0,
     ) -> None:
         self._dsn = dsn
         self._capture = capture
+        self._on_sequenced = on_sequenced
         self._interval = interval
         self._timeout = timeout
         self._max_delay = max_delay
@@ -161,6 +166,7 @@ class Poller:
             metrics.poll_seconds.labels("sequenced" if count else "empty").observe(took)
             if count:
                 metrics.poll_events.inc(count)
+                self._on_sequenced()
                 if count >= BATCH:
                     continue  # more are waiting
             # A fixed rate; a pass that ran late does not make the next ones run early.

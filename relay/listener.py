@@ -51,11 +51,12 @@ SOURCES_REFRESH = 4.0
 class Listener:
     """Keeps one LISTEN connection alive and reports every notification.
 
-    ``on_notify(event_id)`` is called for each valid payload, ``on_wake()`` for each
-    wake-up of the poller, and ``on_connect()`` after every (re)connection, once LISTEN
-    is in place, whenever new event names are listened to and whenever the capture mode
-    changed, so the caller can run a reconciliation pass for whatever was committed while
-    nobody listened. ``sources`` and ``capture`` are the catalog and mode it keeps current.
+    ``on_notify(event_id)`` is called for each valid payload, ``on_wake(sender)`` for each
+    wake-up of a poller (``sender``: the backend pid that sent it), and ``on_connect()``
+    after every (re)connection, once LISTEN is in place, whenever new event names are
+    listened to and whenever the capture mode changed, so the caller can run a
+    reconciliation pass for whatever was committed while nobody listened. ``sources`` and
+    ``capture`` are the catalog and the mode it keeps current.
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class Listener:
         capture: CaptureMode,
         load_capture: Callable[[], Awaitable[str]],
         on_notify: Callable[[int], None],
-        on_wake: Callable[[], None],
+        on_wake: Callable[[int], None],
         on_connect: Callable[[], None],
         probe_interval: float = 2.0,
         probe_timeout: float = 2.0,
@@ -144,7 +145,7 @@ class Listener:
         lost, changed = asyncio.Event(), asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(SOURCES_CHANNEL, lambda *_: changed.set())
-        await conn.add_listener(WAKE_CHANNEL, lambda *_: self._on_wake())
+        await conn.add_listener(WAKE_CHANNEL, lambda _c, sender, _ch, _p: self._on_wake(sender))
         listening: set[str] = set()
         await self._follow_sources(conn, listening)
         self.backend_pid = conn.get_server_pid()
