@@ -30,7 +30,9 @@ bench: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# The full chaos run (tests/e2e/chaos.py); CHAOS_RUNS=3 runs it three times in a row.
+# The full chaos run (tests/e2e/chaos.py); CHAOS_RUNS=3 runs it three times in a row,
+# CAPTURE=poll in poll capture mode.
 CHAOS_RUNS ?= 1
+CAPTURE ?= notify
 chaos: install
-	for seed in $$(seq 1 $(CHAOS_RUNS)); do $(PY) -m tests.e2e.chaos --seed $$seed || exit 1; done
+	for seed in $$(seq 1 $(CHAOS_RUNS)); do $(PY) -m tests.e2e.chaos --seed $$seed --capture $(CAPTURE) || exit 1; done

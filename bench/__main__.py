@@ -13,7 +13,7 @@ import sys
 from bench.common import Row
 from bench.report import RESULTS, markdown, write
 
-SUITES = ("core", "clients", "webhooks", "webpush", "live", "tail", "load", "ops")
+SUITES = ("core", "capture", "clients", "webhooks", "webpush", "live", "tail", "load", "ops")
 
 
 def main(argv: list[str]) -> int:

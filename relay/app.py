@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from relay import http, logs, metrics, openapi
 from relay.aio import wait_any
 from relay.auth import TokenVerifier
+from relay.capture import CaptureMode, Poller
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.destinations import Destination
@@ -59,6 +60,7 @@ class Services:
     hub: Hub
     feed: Feed
     listener: Listener
+    poller: Poller
     verifier: TokenVerifier | None  # None: token routes answer 503 (no JWT key)
     signer: VapidSigner | None  # None: Web Push is off (no VAPID key)
     gateway: Gateway
@@ -75,9 +77,9 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
     signer = VapidSigner.from_settings(settings) if settings.push_enabled else None
     if signer is None:
         logger.warning("Web Push is off: set RELAY_VAPID_PRIVATE_KEY (see `relay vapid-keys`)")
-    sources = Sources()  # kept current by the listener
+    sources, capture = Sources(), CaptureMode()  # kept current by the listener
     hub = Hub(sources)
-    feed = Feed(store, reconcile_interval=settings.reconcile_interval)
+    feed = Feed(store, capture=capture, reconcile_interval=settings.reconcile_interval)
     # A fixed port names the process's slot; port 0 (any free port) has none.
     slot = f"{socket.gethostname()}:{settings.http_port}" if settings.http_port else None
     online = presence.Presence(store, hub, lease=settings.presence_lease, slot=slot)
@@ -90,12 +92,24 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         settings.listen_url,
         sources=sources,
         load_sources=store.sources,
+        capture=capture,
+        load_capture=store.capture_mode,
         on_notify=feed.notified,
+        on_wake=lambda sender: None if sender == poller.backend_pid else feed.wake(),
         on_connect=connected,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,
         others={presence.CHANNEL: online.notified},
+    )
+    # Session-bound (its lock): on the listen URL, never the pool, which may be a pooler's.
+    poller = Poller(
+        settings.listen_url,
+        capture,
+        on_sequenced=feed.wake,  # this process's feed; NOTIFY relay_wake wakes the others'
+        interval=settings.poll_interval,
+        timeout=settings.probe_timeout,
+        max_delay=settings.reconnect_max_delay,
     )
 
     async def live_position() -> int:
@@ -113,7 +127,9 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         position=live_position,
         presence=online,
     )
-    return Services(settings, store, hub, feed, listener, verifier, signer, gateway, online, resolver)
+    return Services(
+        settings, store, hub, feed, listener, poller, verifier, signer, gateway, online, resolver
+    )
 
 
 def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
@@ -173,6 +189,7 @@ class Relay:
     store: Store
     feed: Feed
     listener: Listener
+    poller: Poller
     hub: Hub
     dispatcher: Dispatcher
     push: WebPushDestination | None
@@ -218,6 +235,7 @@ async def start(
             resolver = system
         services = build_services(settings, pool, resolver)
         store, feed, listener, hub = services.store, services.feed, services.listener, services.hub
+        poller = services.poller
         stop = asyncio.Event()
         # One SSRF-guarded client for every outgoing request (webhooks, push).
         http_client = await stack.enter_async_context(
@@ -272,6 +290,7 @@ async def start(
         async with asyncio.TaskGroup() as tasks:
             loops = [
                 tasks.create_task(_after(dispatcher.started, stop, feed.run(stop)), name="relay-feed"),
+                tasks.create_task(_after(dispatcher.started, stop, poller.run(stop)), name="relay-poller"),
                 tasks.create_task(listener.run(stop), name="relay-listener"),
                 tasks.create_task(services.presence.run(stop), name="relay-presence"),
                 tasks.create_task(dispatcher.plan_loop(stop), name="relay-dispatch-plan"),
@@ -285,7 +304,8 @@ async def start(
                 http_port = server.servers[0].sockets[0].getsockname()[1]
             try:
                 yield Relay(
-                    settings, pool, store, feed, listener, hub, dispatcher, push, http_port, services.presence
+                    settings, pool, store, feed, listener, poller, hub, dispatcher, push, http_port,
+                    services.presence,
                 )
             finally:
                 stop.set()
@@ -298,9 +318,9 @@ async def start(
 
 
 async def _after(ready: asyncio.Event, stop: asyncio.Event, loop: Coroutine[Any, Any, None]) -> None:
-    """Run ``loop`` once ``ready`` is set. The feed waits for the planner's cursors: they must
-    exist before the feed sequences anything, or events committed while no relay ran would
-    get positions below them and never be delivered."""
+    """Run ``loop`` once ``ready`` is set. The feed and the poller wait for the planner's
+    cursors: they must exist before anything is sequenced, or events committed while no
+    relay ran would get positions below them and never be delivered."""
     await wait_any(ready, stop, timeout=None)
     if stop.is_set():
         loop.close()

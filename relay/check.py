@@ -89,6 +89,7 @@ async def _schema(store: Store) -> list[Line]:
         if await store.trigger_attached()
         else ("fail", 'trigger not attached to "Booking": run `relay migrate`'),
         *await sources_lines(store),
+        await capture_line(store),
     ]
 
 
@@ -165,6 +166,21 @@ async def sources_lines(store: Store) -> list[tuple[str, str]]:
     if attached:
         lines.append(("ok", f"sources attached besides booking: {', '.join(attached)}"))
     return lines
+
+
+async def capture_line(store: Store) -> tuple[str, str]:
+    """The capture mode, and in poll mode whether a relay process polls."""
+    mode = await store.capture_mode()
+    if mode != "poll":
+        return ("ok", f"capture mode: {mode}")
+    pid = await store.poller_backend()
+    if pid is None:
+        return (
+            "warn",
+            "capture mode: poll, but no relay process polls for events now (none running?): "
+            "events wait for a reconciliation pass",
+        )
+    return ("ok", f"capture mode: poll (a relay process polls, backend pid {pid})")
 
 
 def optional_parts(settings: Settings) -> list[tuple[bool, str]]:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from relay import logs
+from relay.capture import MODES
 from relay.config import Settings, load_settings
 from relay.db import connect_once
 from relay.errors import RelayError
@@ -123,6 +124,16 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
     return _on_store(settings, act)
 
 
+def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Store) -> int:
+        if args.mode is not None:
+            await store.set_capture(args.mode)
+        print(await store.capture_mode())
+        return 0
+
+    return _on_store(settings, act)
+
+
 def add_source_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     attach = sub.add_parser(
         "attach", help="make a table a source: its row changes become events (prints it as JSON)"
@@ -150,6 +161,11 @@ def add_source_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sub.add_parser("sources", help="list the sources, one JSON object per line").set_defaults(
         func=cmd_sources
     )
+    capture = sub.add_parser(
+        "capture", help="print the capture mode, or switch every source to MODE (prints the mode)"
+    )
+    capture.add_argument("mode", nargs="?", choices=MODES, metavar="MODE", help="notify, poll or wal")
+    capture.set_defaults(func=cmd_capture)
 
 
 def build_parser() -> argparse.ArgumentParser:

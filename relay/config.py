@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     vapid_subject: str | None = None
     retry_schedule: Annotated[RetrySchedule, NoDecode] = RetrySchedule.parse(DEFAULT_SCHEDULE)
     reconcile_interval: float = Field(default=30.0, gt=0)
+    # Seconds between two looks for new events by the poller (capture mode poll).
+    poll_interval: float = Field(default=0.02, gt=0, le=60)
     egress_allow: Annotated[list[IPNetwork], NoDecode] = []
     allowed_origins: Annotated[list[str], NoDecode] = []
     log_format: Literal["text", "json"] = "text"

@@ -21,3 +21,7 @@ class SetupError(RelayError):
 
 class SourceError(RelayError):
     """`relay attach` or `relay detach` refused."""
+
+
+class CaptureError(RelayError):
+    """`relay capture` refused."""

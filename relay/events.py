@@ -21,6 +21,8 @@ ENTITY = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 VERBS: dict[str, str] = {"created": "INSERT", "updated": "UPDATE", "deleted": "DELETE"}
 # Where relay processes hear that a source was attached or detached (relay.attach_source()).
 SOURCES_CHANNEL = "relay_sources"
+# Where the poller (capture mode poll) wakes every relay process after it sequenced events.
+WAKE_CHANNEL = "relay_wake"
 
 BOOKING = "booking"
 CHANNELS: tuple[str, ...] = ("booking_created", "booking_updated", "booking_deleted")

@@ -1,11 +1,17 @@
 """The ordered event feed: sequence committed events and hand them on in commit order.
 
-The feed is the process's only caller of the sequencer (``relay.sequence_events``,
-through ``Store.advance``); everything else reads by position. A NOTIFY only wakes
-the feed; what it hands on are the durable ``relay.events`` rows. The live path and
-the reconciliation poll are therefore the same code: a pass after a NOTIFY, after a
-reconnect, or every ``reconcile_interval`` seconds (the one reconciliation timer).
-Nothing committed can be skipped, and nothing is handed on twice by one process.
+In notify capture mode the feed is the process's only caller of the sequencer
+(``relay.sequence_events``, through ``Store.advance``); everything else reads by
+position. A NOTIFY only wakes the feed; what it hands on are the durable
+``relay.events`` rows. The live path and the reconciliation poll are therefore the same
+code: a pass after a NOTIFY, after a reconnect, or every ``reconcile_interval`` seconds
+(the one reconciliation timer). Nothing committed can be skipped, and nothing is handed
+on twice by one process.
+
+In poll mode the poller sequences (``relay.capture``) and wakes the feed with NOTIFY
+``relay_wake``; those passes only read by position. The reconciliation timer's pass and
+a pass a waiting reader asked for (``caught_up``) still sequence, so events keep flowing,
+late, while no poller runs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from relay import metrics
 from relay.aio import wait_any
+from relay.capture import CaptureMode
 from relay.db import TRANSIENT_ERRORS
 from relay.events import Event
 from relay.retry import FailureStreak, retrying
@@ -39,8 +46,11 @@ class Feed:
     work on a queue, or write to sockets without awaiting each one).
     """
 
-    def __init__(self, store: Store, *, reconcile_interval: float = 30.0) -> None:
+    def __init__(
+        self, store: Store, *, capture: CaptureMode | None = None, reconcile_interval: float = 30.0
+    ) -> None:
         self._store = store
+        self._capture = capture if capture is not None else CaptureMode()
         self._interval = reconcile_interval
         self._consumers: list[Consumer] = []
         self._wake = asyncio.Event()
@@ -63,7 +73,7 @@ class Feed:
         self._wake.set()
 
     def wake(self) -> None:
-        """Run a reconciliation pass now (after a reconnect, or on a schedule)."""
+        """Run a pass now (after a reconnect, a change of sources or mode, or the poller's wake-up)."""
         self._wake.set()
 
     async def caught_up(self) -> None:
@@ -90,11 +100,14 @@ class Feed:
                 await wait_any(self._wake, stop, timeout=self._interval)
                 if stop.is_set():
                     break
+                # Sequence, unless a poller does and this is neither the timer's pass nor one
+                # a reader waits for.
+                sequence = not self._capture.polled or not self._wake.is_set() or bool(self._waiters)
                 self._wake.clear()
                 waiting += self._waiters
                 self._waiters.clear()
                 try:
-                    more = await self.advance()
+                    more = await self.advance(sequence=sequence)
                     failures.reset()
                 except TRANSIENT_ERRORS as exc:
                     await failures.pause(exc, stop)
@@ -106,10 +119,12 @@ class Feed:
         finally:
             _release([*waiting, *self._waiters])
 
-    async def advance(self) -> bool:
-        """Sequence and hand on the next batch; return True when more may be waiting."""
+    async def advance(self, *, sequence: bool = True) -> bool:
+        """Sequence (unless told not to) and hand on the next batch; return True when more
+        may be waiting."""
         assert self.position is not None
-        events = await self._store.advance(self.position, BATCH)
+        read = self._store.advance if sequence else self._store.events_after
+        events = await read(self.position, BATCH)
         if not events:
             self._account(())
             return False
@@ -125,6 +140,10 @@ class Feed:
 
     def _account(self, events: Sequence[Event]) -> None:
         """Count the events no NOTIFY announced (relay_events_recovered_total)."""
+        if self._capture.polled:  # the triggers announce nothing: no event is "recovered"
+            self._announced.clear()
+            self._unannounced.clear()
+            return
         now = time.monotonic()
         for event in events:
             if event.id in self._announced:

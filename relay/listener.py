@@ -10,7 +10,9 @@ It also keeps the process's catalog of sources current: it reads ``relay.sources
 LISTEN and its probe) on every (re)connection, on every ``relay_sources`` NOTIFY
 (sent by attach and detach) and every ``SOURCES_REFRESH`` seconds (so a missed
 NOTIFY still converges), and LISTENs to the new sources' event names and UNLISTENs
-the removed ones. A failed read keeps the catalog it had and is tried again.
+the removed ones. A failed read keeps the catalog it had and is tried again. It follows
+the capture mode the same way (``relay capture`` sends ``relay_sources`` too), and
+hands on the poller's wake-ups (``relay_wake``, poll mode).
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ import asyncpg
 
 from relay import metrics
 from relay.aio import wait_any
+from relay.capture import CaptureMode
 from relay.db import TRANSIENT_ERRORS
-from relay.events import SOURCES_CHANNEL, MalformedNotification, Source, Sources, parse_notification
+from relay.events import (
+    SOURCES_CHANNEL,
+    WAKE_CHANNEL,
+    MalformedNotification,
+    Source,
+    Sources,
+    parse_notification,
+)
 from relay.retry import FailureStreak
 from relay.store import Store
 
@@ -41,12 +51,13 @@ SOURCES_REFRESH = 4.0
 class Listener:
     """Keeps one LISTEN connection alive and reports every notification.
 
-    ``on_notify(event_id)`` is called for each valid payload, and ``on_connect()``
-    after every (re)connection, once LISTEN is in place, and whenever new event names
-    are listened to, so the caller can run a reconciliation pass for whatever was
-    committed while nobody listened. ``sources`` is the catalog it keeps current.
-    ``others`` maps further channels to the callback that takes their payloads (it must
-    only enqueue).
+    ``on_notify(event_id)`` is called for each valid payload, ``on_wake(sender)`` for each
+    wake-up of a poller (``sender``: the backend pid that sent it), and ``on_connect()``
+    after every (re)connection, once LISTEN is in place, whenever new event names are
+    listened to and whenever the capture mode changed, so the caller can run a
+    reconciliation pass for whatever was committed while nobody listened. ``sources`` and
+    ``capture`` are the catalog and the mode it keeps current. ``others`` maps further
+    channels to the callback that takes their payloads (it must only enqueue).
     """
 
     def __init__(
@@ -55,7 +66,10 @@ class Listener:
         *,
         sources: Sources,
         load_sources: Callable[[], Awaitable[Sequence[Source]]],
+        capture: CaptureMode,
+        load_capture: Callable[[], Awaitable[str]],
         on_notify: Callable[[int], None],
+        on_wake: Callable[[int], None],
         on_connect: Callable[[], None],
         probe_interval: float = 2.0,
         probe_timeout: float = 2.0,
@@ -66,12 +80,15 @@ class Listener:
         self._dsn = dsn
         self.sources = sources
         self._load_sources = load_sources
+        self.capture = capture
+        self._load_capture = load_capture
         self._sources_failing = False
         self.sources_refresh = SOURCES_REFRESH
         # Every event name ever listened to: a notification queued just before its source
         # was detached is still a well-formed one.
         self._heard: set[str] = set()
         self._on_notify = on_notify
+        self._on_wake = on_wake
         self._on_connect = on_connect
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -131,6 +148,7 @@ class Listener:
         lost, changed = asyncio.Event(), asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(SOURCES_CHANNEL, lambda *_: changed.set())
+        await conn.add_listener(WAKE_CHANNEL, lambda _c, sender, _ch, _p: self._on_wake(sender))
         for channel, callback in self._others.items():
             await conn.add_listener(channel, lambda _c, _p, _ch, payload, take=callback: take(payload))
         listening: set[str] = set()
@@ -158,16 +176,19 @@ class Listener:
                 changed.clear()
                 next_read = clock() + self.sources_refresh
                 if await self._follow_sources(conn, listening):
-                    self._on_connect()  # what the new sources committed before LISTEN
+                    self._on_connect()  # what new sources committed before LISTEN; a new mode
             if clock() >= next_probe:
                 await probe.ping(within=self._probe_timeout)
                 next_probe = clock() + self._probe_interval
 
     async def _follow_sources(self, conn: asyncpg.Connection, listening: set[str]) -> bool:
-        """Read the sources; LISTEN to new event names, UNLISTEN removed ones. True if any is new."""
+        """Read the sources and the mode; LISTEN to new event names, UNLISTEN removed ones.
+        True if any is new or the mode changed."""
+        mode = self.capture.mode
         try:
             async with asyncio.timeout(self._probe_timeout):
                 self.sources.replace(await self._load_sources())
+                self.capture.follow(await self._load_capture())
             self._sources_failing = False
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             if not self._sources_failing:  # once per failure streak
@@ -183,7 +204,7 @@ class Listener:
         if listening and (added or removed):
             logger.info("sources changed: now listening on %s", ", ".join(sorted(wanted)))
         listening.symmetric_difference_update([*added, *removed])
-        return bool(added)
+        return bool(added) or self.capture.mode != mode
 
     async def _consume(self) -> None:
         while True:

@@ -92,3 +92,26 @@ job_failures = Counter(
     ["job"],
     registry=REGISTRY,
 )
+capture_mode = Gauge(
+    "relay_capture_mode",
+    "1 for the capture mode this process follows (notify, poll, wal), 0 for the others",
+    ["mode"],
+    registry=REGISTRY,
+)
+poller_leader = Gauge(
+    "relay_poller_leader",
+    "1 while this process is the one polling for events (poll mode), else 0",
+    registry=REGISTRY,
+)
+poll_seconds = Histogram(
+    "relay_poll_seconds",
+    "Round trip of one poll pass (poll mode), by result: empty, or sequenced",
+    ["result"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
+poll_events = Counter(
+    "relay_poll_events_total",
+    "Events sequenced by this process's poller",
+    registry=REGISTRY,
+)

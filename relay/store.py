@@ -23,7 +23,7 @@ from uuid import UUID
 import asyncpg
 
 from relay.destinations import Delivery
-from relay.errors import SetupError, SourceError
+from relay.errors import CaptureError, SetupError, SourceError
 from relay.events import Event, Source
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,11 @@ class Store:
         """Sequence what has committed, then the events after position ``after``: the feed's pass."""
         async with self._conn() as conn:
             return [Event.from_row(r) for r in await conn.fetch(q("advance"), after, limit)]
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        """The events after position ``after``, without sequencing (the poller does, in poll mode)."""
+        async with self._conn() as conn:
+            return [Event.from_row(r) for r in await conn.fetch(q("events_after"), after, limit)]
 
     async def oldest_position(self) -> int:
         """The position just before the oldest retained event."""
@@ -465,6 +470,38 @@ class Store:
                 ) from exc
             except asyncpg.PostgresError as exc:  # a missing privilege, say
                 raise SourceError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+    # ------------------------------------------------------------------ capture modes
+
+    async def capture_mode(self) -> str:
+        async with self._conn() as conn:
+            return str(await conn.fetchval(q("capture_mode")))
+
+    async def set_capture(self, mode: str) -> str:
+        """Switch every source to ``mode``; return the mode before. CaptureError says why not."""
+        async with self._conn() as conn:
+            try:
+                return str(await conn.fetchval(q("set_capture"), mode))
+            except asyncpg.InvalidParameterValueError as exc:  # the function's own refusal
+                raise CaptureError(str(exc)) from None
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError):
+                raise CaptureError("the relay schema is missing or old: run `relay migrate`") from None
+
+    async def try_poller_lock(self, within: float | None = None) -> bool:
+        """Take the poller's session lock if no session holds it (on a dedicated connection)."""
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(q("poller_try_lock"), timeout=within))
+
+    async def poll_events(self, limit: int, within: float | None = None) -> int:
+        """The poller's pass: sequence what committed and wake every relay; how many it sequenced."""
+        async with self._conn() as conn:
+            return int(await conn.fetchval(q("poll_events"), limit, timeout=within))
+
+    async def poller_backend(self) -> int | None:
+        """The backend pid of the relay process's poller that holds the lock, if one does."""
+        async with self._conn() as conn:
+            pid = await conn.fetchval(q("poller_backend"))
+        return None if pid is None else int(pid)
 
     # ------------------------------------------------------------------ schema
 

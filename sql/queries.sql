@@ -473,6 +473,37 @@ WHERE entity <> 'booking' AND NOT EXISTS (
 )
 ORDER BY entity;
 
+-- ---------------------------------------------------------------- capture modes
+
+-- name: capture_mode
+SELECT mode FROM relay.capture;
+
+-- name: set_capture
+-- Rewrites every source's trigger function for the mode; returns the mode it replaced.
+SELECT relay.set_capture($1);
+
+-- name: events_after
+-- The feed's pass when the poller sequences (poll mode): read by position only.
+SELECT position AS event_position, id AS event_id, channel, merchant_id, payload, created_at
+FROM relay.events
+WHERE position > $1
+ORDER BY position
+LIMIT $2;
+
+-- name: poller_try_lock
+-- A session lock, held by the poller's own connection for as long as it polls.
+SELECT pg_try_advisory_lock(hashtext('relay.poller'));
+
+-- name: poll_events
+SELECT relay.poll_events($1);
+
+-- name: poller_backend
+-- The backend that holds the poller lock in this database, or none.
+SELECT l.pid FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext('relay.poller')::bigint;
+
 -- ---------------------------------------------------------------- migrations and checks
 
 -- name: migrate_lock

@@ -8,7 +8,9 @@ requests and hangs on 5 %, and the push service answers 429 (with Retry-After)
 sometimes and 410 for one subscription. WebSocket clients drop and resume with
 ``since``. At the end every target must hold every event of its merchant.
 
-``make chaos`` runs the full size; ``tests/e2e/test_chaos.py`` a shortened one.
+``make chaos`` runs the full size (``make chaos CAPTURE=poll`` in poll capture mode, where
+the relays' pollers are killed too); ``tests/e2e/test_chaos.py`` shortened ones in both
+modes.
 Everything talks to Relay through its public contract only: the CLI, the HTTP
 routes, the WebSocket messages, and the outgoing requests.
 """
@@ -88,6 +90,7 @@ class ChaosConfig:
     ws_clients_per_merchant: int = 2
     drain_timeout: float = 180.0
     seed: int = 1
+    capture: str = "notify"  # the capture mode (`relay capture`): notify or poll
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Report:
     ws_resumes: int = 0
     cross_tenant: int = 0
     listener_kills: int = 0
+    poller_kills: int = 0
     drain_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -112,7 +116,7 @@ class Report:
         out = [
             f"events committed: {self.events_committed} {self.per_merchant_events}",
             f"events per source: {self.per_source_events}",
-            f"listener backends killed: {self.listener_kills}",
+            f"listener backends killed: {self.listener_kills}, poller backends killed: {self.poller_kills}",
         ]
         for merchant, expected in sorted(self.per_merchant_events.items()):
             out.append(
@@ -251,7 +255,8 @@ class RelayProcess:
                     if (await client.get(f"{self.base}/readyz", timeout=1)).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"relay on port {self.port} did not become ready; see {self.log}")
+        tail = "".join(self.log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"relay on port {self.port} did not become ready; the end of its log:\n{tail}")
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -434,18 +439,22 @@ async def _change_payment(
 
 
 async def _kill_listeners(url: str, cfg: ChaosConfig, stop: asyncio.Event, report: Report) -> None:
-    """Terminate every relay listener's backend about every ``kill_listener_every`` seconds."""
+    """Terminate every relay listener's backend, and the poller's (poll mode), about every
+    ``kill_listener_every`` seconds."""
     conn: asyncpg.Connection | None = None
     while not stop.is_set():
         await asyncio.sleep(cfg.kill_listener_every * random.uniform(0.6, 1.4))
         try:
             if conn is None or conn.is_closed():
                 conn = await asyncpg.connect(url, timeout=2)
-            killed = await conn.fetchval(
-                "SELECT coalesce(sum(pg_terminate_backend(pid)::int), 0) FROM pg_stat_activity "
-                "WHERE application_name = 'relay-listener'"
+            killed = dict(
+                await conn.fetch(
+                    "SELECT application_name, sum(pg_terminate_backend(pid)::int) FROM pg_stat_activity "
+                    "WHERE application_name IN ('relay-listener', 'relay-poller') GROUP BY 1"
+                )
             )
-            report.listener_kills += int(killed)
+            report.listener_kills += int(killed.get("relay-listener", 0))
+            report.poller_kills += int(killed.get("relay-poller", 0))
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             if conn is not None:
                 conn.terminate()
@@ -495,6 +504,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         env.pop("CI", None)
         subprocess.run(
             [sys.executable, "-m", "relay", *ATTACH_PAYMENTS], env=env, capture_output=True, check=True
+        )
+        subprocess.run(
+            [sys.executable, "-m", "relay", "capture", cfg.capture], env=env, capture_output=True, check=True
         )
         for merchant in merchants:
             out = subprocess.run(
@@ -572,7 +584,11 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
             with contextlib.suppress(Exception):
                 c = await asyncpg.connect(url, timeout=2)
                 try:
-                    return int(await c.fetchval("SELECT count(*) FROM relay.events"))
+                    return int(
+                        await c.fetchval(
+                            "SELECT (SELECT count(*) FROM relay.events) + (SELECT count(*) FROM relay.inbox)"
+                        )
+                    )
                 finally:
                     await c.close()
             return 0
@@ -599,8 +615,9 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         await killer
 
         conn = await asyncpg.connect(url)
-        rows = await conn.fetch(
-            "SELECT id, merchant_id, channel FROM relay.events ORDER BY position NULLS LAST, id"
+        rows = await conn.fetch(  # in poll mode the last ones may still wait in relay.inbox
+            "SELECT id, merchant_id, channel FROM relay.events"
+            " UNION ALL SELECT id, merchant_id, channel FROM relay.inbox"
         )
         await conn.close()
         expected: dict[str, list[int]] = defaultdict(list)
@@ -697,9 +714,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="make chaos")
     parser.add_argument("--changes", type=int, default=ChaosConfig.changes)
     parser.add_argument("--seed", type=int, default=ChaosConfig.seed)
+    parser.add_argument("--capture", choices=("notify", "poll"), default=ChaosConfig.capture)
     args = parser.parse_args(argv)
-    cfg = ChaosConfig(changes=args.changes, seed=args.seed)
+    cfg = ChaosConfig(changes=args.changes, seed=args.seed, capture=args.capture)
     started = time.monotonic()
+    print(f"chaos run in capture mode {cfg.capture}", flush=True)
     report = asyncio.run(run_chaos(cfg))
     print("\n".join(report.lines()))
     print(f"chaos run took {time.monotonic() - started:.0f} s")

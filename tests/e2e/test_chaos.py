@@ -1,5 +1,5 @@
-"""A shortened chaos run inside `make test` (the full one is `make chaos`), with two sources:
-"Booking" and an attached billing.payments."""
+"""Shortened chaos runs inside `make test` (the full one is `make chaos`), with two sources:
+"Booking" and an attached billing.payments; one in each capture mode."""
 
 from __future__ import annotations
 
@@ -17,4 +17,17 @@ async def test_nothing_is_lost_while_everything_breaks() -> None:
     assert set(report.per_source_events) == {"booking", "payment"}  # both sources in the mix
     assert min(report.per_source_events.values()) > 100
     assert report.listener_kills >= 5
+    assert report.ws_resumes >= 3
+
+
+@pytest.mark.timeout(240)
+async def test_nothing_is_lost_while_everything_breaks_in_poll_mode() -> None:
+    """No NOTIFY from the writers: the relays' pollers (killed too, and one relay SIGKILLed)
+    sequence every event and wake the other process."""
+    report = await run_chaos(ChaosConfig(changes=400, drain_timeout=90, capture="poll", seed=2))
+    print("\n".join(report.lines()))
+    assert report.problems == []
+    assert report.events_committed >= 380
+    assert min(report.per_source_events.values()) > 60
+    assert report.poller_kills >= 3
     assert report.ws_resumes >= 3

@@ -1,0 +1,379 @@
+"""Capture modes: what each costs the application's writes, and poll mode's latency and idle cost.
+
+* Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
+  pg_notify-only trigger, and Relay's trigger in notify and in poll mode, with 1 and 8
+  writers, on one durable server; and into "Payment", a table of the same shape attached
+  with `relay attach` (its generated trigger), in both modes. Each round runs every variant
+  back to back (in alternating order) and ratios are taken within a round, then the median.
+  The attached source's cost per row alone, without the commit's fsync (which dominates,
+  and swings, the pgbench rates): 1,000-row INSERTs into both tables, interleaved in
+  transactions that are rolled back.
+* Trigger parts: PostgreSQL's CPU time per INSERT transaction (1 pgbench writer, from
+  /proc), with the trigger built up part by part: the PL/pgSQL call, the row in
+  relay.inbox (heap, then its index), the jsonb payload (the poll-mode trigger); then the
+  same row in relay.events, which has four indexes, and notify mode's trigger. Per
+  transaction, not per row in a loop: opening a table and its indexes and setting up the
+  trigger are paid once per transaction, and they are most of the cost.
+* Poll mode: commit -> /ws client latency against the poll interval, and PostgreSQL's CPU
+  (all its processes, from /proc) while a relay polls an idle database, against notify mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import websockets
+
+from bench.common import Row, median, percentile, row, server
+from bench.live import mint, serve
+from relay import app
+from relay.config import Settings
+from relay.embedded import EmbeddedPostgres
+from relay.store import Store, migrate
+
+BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+SEED_TRIGGER = """
+CREATE FUNCTION notify_booking_changes() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    PERFORM pg_notify('booking_created', json_build_object('id', NEW.id, 'merchantId', NEW."merchantId",
+      'status', NEW.status, 'operation', TG_OP)::text);
+  ELSIF TG_OP = 'UPDATE' THEN
+    IF OLD.status IS DISTINCT FROM NEW.status THEN
+      PERFORM pg_notify('booking_updated', json_build_object('id', NEW.id, 'merchantId', NEW."merchantId",
+        'oldStatus', OLD.status, 'newStatus', NEW.status, 'operation', TG_OP)::text);
+    END IF;
+  ELSIF TG_OP = 'DELETE' THEN
+    PERFORM pg_notify('booking_deleted', json_build_object('id', OLD.id, 'merchantId', OLD."merchantId",
+      'operation', TG_OP)::text);
+  END IF;
+  RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER booking_changes_trigger AFTER INSERT OR UPDATE OR DELETE ON "Booking"
+FOR EACH ROW EXECUTE FUNCTION notify_booking_changes();
+"""
+INSERT_SCRIPT = """INSERT INTO "Booking" (id, "merchantId", status)
+VALUES (gen_random_uuid()::text, 'm' || (random() * 3)::int, 'PENDING');
+"""
+# An attached source of the booking table's shape, whose payload has the same keys and size:
+# relay attach Payment --entity payment --tenant-column merchantId --watch status --fields status
+PAYMENT = """CREATE TABLE "Payment" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
+PAYMENT_SOURCE = ("Payment", "payment", "merchantId", "id", ["status"], ["status"])
+PAYMENT_SCRIPT = INSERT_SCRIPT.replace('"Booking"', '"Payment"')
+# Trigger bodies for the parts measurement (replacing relay.notify_booking_changes()).
+EMPTY_BODY = "BEGIN RETURN NULL; END;"
+ROW_BODY = """BEGIN
+    INSERT INTO relay.{} (channel, merchant_id, payload) VALUES ('booking_created', NEW."merchantId", '{{}}');
+    RETURN NULL;
+END;"""
+REPLACE_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION relay.notify_booking_changes() RETURNS trigger LANGUAGE plpgsql AS $$ {} $$"
+)
+VARIANTS = ("none", "seed", "notify", "poll", "attached_notify", "attached_poll")
+
+
+async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
+    """A database with "Booking" and the variant's trigger (see VARIANTS, and the parts')."""
+    admin = await asyncpg.connect(pg.url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    conn = await asyncpg.connect(pg.url_for(name))
+    try:
+        await conn.execute(BOOKING)
+        if variant == "seed":
+            await conn.execute(SEED_TRIGGER)
+            return pg.url_for(name)
+        if variant == "none":
+            return pg.url_for(name)
+        await migrate(conn)
+        if variant.startswith("attached"):
+            await conn.execute(PAYMENT)
+            await Store(conn).attach_source(*PAYMENT_SOURCE)
+        if variant.endswith("poll"):
+            await Store(conn).set_capture("poll")
+        if variant == "no_trigger":
+            await conn.execute('DROP TRIGGER booking_changes_trigger ON "Booking"')
+        elif variant == "empty":
+            await conn.execute(REPLACE_FUNCTION.format(EMPTY_BODY))
+        elif variant in ("inbox_heap", "inbox_row", "events_row"):
+            table = "events" if variant == "events_row" else "inbox"
+            await conn.execute(REPLACE_FUNCTION.format(ROW_BODY.format(table)))
+            if variant == "inbox_heap":
+                await conn.execute("DROP INDEX relay.inbox_id_idx")
+    finally:
+        await conn.close()
+    return pg.url_for(name)
+
+
+def pgbench(pg: EmbeddedPostgres, database: str, clients: int, seconds: float, script: str) -> float:
+    result = subprocess.run(
+        [
+            str(pg.bin / "pgbench"),
+            *("-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"),
+            *("-c", str(clients), "-j", str(min(clients, 2)), "-T", str(int(seconds)), "-f", script),
+            database,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    match = re.search(r"tps = ([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1))
+
+
+def _script(text: str) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(text)
+    os.chmod(script.name, 0o644)
+    return script.name
+
+
+async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
+    scripts = {v: _script(PAYMENT_SCRIPT if v.startswith("attached") else INSERT_SCRIPT) for v in VARIANTS}
+    for v in VARIANTS:
+        await make_database(pg, f"cost_{v}", v)
+    rates: dict[tuple[str, int], list[float]] = {}
+    for r in range(rounds):
+        for clients in (1, 8):
+            order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
+            for v in order:
+                rates.setdefault((v, clients), []).append(
+                    await asyncio.to_thread(pgbench, pg, f"cost_{v}", clients, seconds, scripts[v])
+                )
+    for name in scripts.values():
+        os.unlink(name)
+    rows: list[Row] = []
+    for clients in (1, 8):
+        # Rates drift on a shared machine: compare each variant with the one measured next
+        # to it in the same round, and report medians over rounds.
+        def paired(a: str, b: str, n: int = clients) -> float:
+            return median([x / y for x, y in zip(rates[(a, n)], rates[(b, n)], strict=True)])
+
+        mid = {v: median(rates[(v, clients)]) for v in VARIANTS}
+        writers = f"{clients} writers" if clients > 1 else "1 writer"
+
+        def compared(metric: str, a: str, b: str, goal: str, mid: dict[str, float] = mid) -> Row:
+            return row(metric, mid[a], mid[b], goal, unit="tx/s", ratio=paired(a, b))
+
+        rows += [
+            compared(f"seed trigger INSERT rate vs no trigger, {writers}", "seed", "none", "NOTIFY's floor"),
+            compared(f"Relay trigger INSERT rate vs seed trigger, {writers}", "notify", "seed", ">= 0.95"),
+            compared(
+                f"Relay trigger, notify mode, INSERT rate vs no trigger, {writers}", "notify", "none", "—"
+            ),
+            compared(
+                f"Relay trigger, poll mode, INSERT rate vs no trigger, {writers}",
+                "poll",
+                "none",
+                ">= 0.9" if clients == 1 else ">= 0.8",
+            ),
+            compared(
+                f"attached source trigger INSERT rate vs Relay booking trigger, notify mode, {writers}",
+                "attached_notify",
+                "notify",
+                ">= 0.95",
+            ),
+            compared(
+                f"attached source trigger INSERT rate vs Relay booking trigger, poll mode, {writers}",
+                "attached_poll",
+                "poll",
+                ">= 0.95",
+            ),
+        ]
+    return rows
+
+
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds process ``pid`` has run on a CPU (scheduler statistics)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1000) -> list[Row]:
+    """The attached source's trigger against the booking trigger per row, without the commit.
+
+    Each round is one transaction, rolled back at its end (no fsync, no table growth):
+    ``pairs`` times a ``rows``-row INSERT into "Booking" and one into "Payment" (same
+    shape, same database), in alternating order, so a machine busy with something else
+    slows both alike. A round's ratio is its total time in "Payment" over its total time
+    in "Booking"; the row reports the median over rounds.
+    """
+    insert = """INSERT INTO "{}" (id, "merchantId", status)
+                SELECT gen_random_uuid()::text, 'm1', 'PENDING' FROM generate_series(1, $1)"""
+    conn = await asyncpg.connect(url)
+    totals: dict[str, list[float]] = {"Booking": [], "Payment": []}
+    try:
+        for _ in range(rounds):
+            spent = {"Booking": 0.0, "Payment": 0.0}
+            transaction = conn.transaction()
+            await transaction.start()
+            for i in range(pairs):
+                for table in ("Booking", "Payment") if i % 2 == 0 else ("Payment", "Booking"):
+                    started = time.perf_counter()
+                    await conn.execute(insert.format(table), rows)
+                    spent[table] += time.perf_counter() - started
+            await transaction.rollback()
+            for table, seconds in spent.items():
+                totals[table].append(seconds / (pairs * rows) * 1e6)
+    finally:
+        await conn.close()
+    return [
+        row(
+            f"attached source trigger cost per row vs booking trigger ({rows:,}-row INSERTs, rolled back)",
+            median(totals["Payment"]),
+            median(totals["Booking"]),
+            "<= 1.05",
+            unit="us/row",
+            ratio=median([p / b for p, b in zip(totals["Payment"], totals["Booking"], strict=True)]),
+        )
+    ]
+
+
+async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
+    """PostgreSQL's CPU per INSERT transaction for each variant of the trigger (1 writer)."""
+    parts = ("no_trigger", "empty", "inbox_heap", "inbox_row", "poll", "events_row", "notify")
+    script = _script(INSERT_SCRIPT)
+    for p in parts:
+        await make_database(pg, f"parts_{p}", p)
+    samples: dict[str, list[float]] = {p: [] for p in parts}
+    for r in range(rounds):
+        for p in parts if r % 2 == 0 else tuple(reversed(parts)):
+            before = _postgres_cpu_ns(pg)
+            rate = await asyncio.to_thread(pgbench, pg, f"parts_{p}", 1, seconds, script)
+            await asyncio.sleep(0.3)  # the postmaster has reaped pgbench's backend
+            samples[p].append((_postgres_cpu_ns(pg) - before) / 1000 / (rate * int(seconds)))
+    os.unlink(script)
+    us = {p: median(v) for p, v in samples.items()}
+
+    def part(metric: str, with_part: str, without: str) -> Row:
+        return row(
+            f"trigger part: {metric}, CPU µs per INSERT transaction (baseline: with it)",
+            us[with_part] - us[without],
+            us[with_part],
+            "",
+            unit="µs",
+        )
+
+    return [
+        row("PostgreSQL CPU µs per INSERT transaction, no trigger (1 writer)", us["no_trigger"],
+            us["no_trigger"], "", unit="µs"),
+        part("the PL/pgSQL trigger call", "empty", "no_trigger"),
+        part("the event row in relay.inbox, heap only", "inbox_heap", "empty"),
+        part("its index entry", "inbox_row", "inbox_heap"),
+        part("the jsonb payload (= the poll-mode trigger)", "poll", "inbox_row"),
+        part("the row in relay.events (4 indexes) instead of relay.inbox", "events_row", "inbox_row"),
+        part("notify mode's trigger instead of poll mode's", "notify", "poll"),
+    ]  # fmt: skip
+
+
+async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float) -> list[Row]:
+    """Commit -> a /ws client of `relay run` (a process of its own) in poll mode, commits
+    spread evenly over the poll phase."""
+    url = await make_database(pg, "poll_latency", "poll")
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    writer = await asyncpg.connect(url)
+    async with serve("relay", url) as relay, httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 10
+        while "relay_poller_leader 1.0" not in (await client.get(f"{relay.url}/metrics")).text:
+            assert time.monotonic() < deadline, "the relay does not poll"
+            await asyncio.sleep(0.1)
+        ws_url = relay.url.replace("http", "ws") + f"/ws?token={mint('m1', 'u1')}"
+        async with websockets.connect(ws_url) as ws:
+            await ws.recv()  # connected
+
+            async def receive() -> None:
+                while len(received) < events:
+                    message = json.loads(await ws.recv())
+                    if message.get("type") == "event":
+                        received[message["data"]["id"]] = time.perf_counter()
+
+            reader = asyncio.create_task(receive())
+            for i in range(events):
+                booking = f"lat-{i}"
+                await writer.execute(
+                    """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'm1', 'PENDING')""",
+                    booking,
+                )
+                sent[booking] = time.perf_counter()
+                await asyncio.sleep(random.uniform(0.005, 0.015))
+            await asyncio.wait_for(reader, 10)
+    await writer.close()
+    ms = [(received[b] - sent[b]) * 1000 for b in sent if b in received]
+    floor = interval * 1000
+    return [
+        row(f"poll mode commit->/ws client p{p} ms (relay run; baseline: the poll interval)",
+            percentile(ms, p), floor, "difference <= 5 ms" if p == 99 else "", unit="ms", difference=True)
+        for p in (50, 99)
+    ]  # fmt: skip
+
+
+def _postgres_cpu_ns(pg: EmbeddedPostgres) -> int:
+    """CPU time so far of the server: its processes alive now, and those that ended (counted
+    in the postmaster's children's times once it reaped them)."""
+    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    ended = (int(fields[13]) + int(fields[14])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    total = ended + _cpu_ns(postmaster)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                total += _cpu_ns(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
+async def idle_cost(pg: EmbeddedPostgres, seconds: float) -> list[Row]:
+    """PostgreSQL's CPU while one relay follows an idle database, in poll and in notify mode."""
+    share: dict[str, float] = {}
+    for mode in ("notify", "poll"):
+        url = await make_database(pg, f"idle_{mode}", mode)
+        async with app.start(Settings(database_url=url, http_port=0), serve_http=False) as relay:
+            await asyncio.wait_for(relay.listener.connected.wait(), 10)
+            if mode == "poll":
+                await asyncio.wait_for(relay.poller.leading.wait(), 10)
+            await asyncio.sleep(1.0)  # start-up queries done
+            before, started = _postgres_cpu_ns(pg), time.perf_counter()
+            await asyncio.sleep(seconds)
+            after, took = _postgres_cpu_ns(pg), time.perf_counter() - started
+        share[mode] = (after - before) / 1e9 / took * 100
+    return [
+        row("PostgreSQL CPU % of one core, idle database, poll mode (baseline: notify mode)", share["poll"],
+            share["notify"], "< 2 %", unit="%")
+    ]  # fmt: skip
+
+
+async def _run(quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    with server(durable=True) as pg:
+        rows += await trigger_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await trigger_row_cost(pg.url_for("cost_attached_notify"), rounds=1 if quick else 5)
+        rows += await trigger_parts(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval)
+        rows += await idle_cost(pg, seconds=3 if quick else 10)
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    return asyncio.run(_run(quick))
+
+
+if __name__ == "__main__":
+    from bench.report import print_rows
+
+    print_rows(run(quick="--quick" in sys.argv))

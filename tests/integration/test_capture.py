@@ -1,0 +1,255 @@
+"""Capture modes in the database: `relay capture`, the trigger functions of each mode, and the
+poller's pass (relay.poll_events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from importlib import resources
+
+import asyncpg
+import pytest
+
+from relay.events import WAKE_CHANNEL
+from relay.store import Store, migrate, migration_files, q
+from tests.conftest import BOOKING_TABLE
+from tests.integration.sourcekit import QUOTED, SNAKE, TABLES, Table, execute, lifecycle, prepare, relay_cli
+from tests.integration.test_migrate import blank_db
+from tests.integration.test_sources import listen, nothing
+
+__all__ = ["blank_db"]  # the fixture
+
+INSERT = """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'mA', 'PENDING')"""
+BOOKING_FUNCTION = "SELECT prosrc FROM pg_proc WHERE oid = 'relay.notify_booking_changes'::regproc"
+# The trigger functions of every source, by name.
+FUNCTIONS = """SELECT p.proname, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+               WHERE NOT t.tgisinternal ORDER BY 1"""
+
+
+def booking_function_of_0001() -> str:
+    text = resources.files("relay.sql").joinpath("0001_events.sql").read_text("utf-8")
+    return text[text.index("CREATE FUNCTION relay.notify_booking_changes()") :].split("$$", 2)[1]
+
+
+async def trigger_functions(db_url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)}
+    finally:
+        await conn.close()
+
+
+async def test_capture_prints_the_mode_and_switches_every_source_at_once(db_url: str) -> None:
+    await prepare(db_url, SNAKE)
+    assert relay_cli("capture", database_url=db_url).stdout == "notify\n"
+    functions = await trigger_functions(db_url)
+    assert set(functions) == {"notify_booking_changes", "source_payment"}
+    assert all("pg_notify" in body for body in functions.values())
+
+    switched = relay_cli("capture", "poll", database_url=db_url)
+    assert (switched.returncode, switched.stdout, switched.stderr) == (0, "poll\n", "")
+    assert relay_cli("capture", database_url=db_url).stdout == "poll\n"
+    assert not any("pg_notify" in body for body in (await trigger_functions(db_url)).values())
+
+    assert relay_cli("capture", "notify", database_url=db_url).stdout == "notify\n"
+    assert await trigger_functions(db_url) == functions
+
+
+async def test_in_notify_mode_the_booking_function_is_0001s_byte_for_byte(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval(BOOKING_FUNCTION) == booking_function_of_0001()
+        await Store(conn).set_capture("poll")
+        assert await conn.fetchval(BOOKING_FUNCTION) != booking_function_of_0001()
+        assert await Store(conn).set_capture("notify") == "poll"
+        assert await conn.fetchval(BOOKING_FUNCTION) == booking_function_of_0001()
+    finally:
+        await conn.close()
+
+
+async def test_wal_mode_exits_1_with_one_line_until_it_is_built_and_changes_nothing(db_url: str) -> None:
+    message = "relay capture: capture mode wal is not built yet: the modes available are notify and poll"
+    before = await trigger_functions(db_url)
+    refused = relay_cli("capture", "wal", database_url=db_url)
+    assert (refused.returncode, refused.stdout, refused.stderr.splitlines()) == (1, "", [message])
+    assert relay_cli("capture", database_url=db_url).stdout == "notify\n"
+    assert await trigger_functions(db_url) == before
+    unknown = relay_cli("capture", "logical", database_url=db_url)
+    assert unknown.returncode == 2 and "invalid choice: 'logical'" in unknown.stderr
+
+
+async def poll(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT relay.poll_events()"))
+
+
+async def test_upgrading_to_capture_modes_keeps_every_notify_function_byte_for_byte(blank_db: str) -> None:
+    conn = await asyncpg.connect(blank_db)
+    try:
+        await conn.execute(BOOKING_TABLE)
+        await execute(blank_db, (SNAKE.ddl, ()), (QUOTED.ddl, ()))
+        async with conn.transaction():  # a database as the release before capture modes left it
+            await conn.execute(q("migrations_table"))
+            for name, text in migration_files():
+                if name >= "0009":
+                    break
+                await conn.execute(text)
+                await conn.execute(q("migration_record"), name)
+            await conn.execute(q("attach_booking"))
+        for table in (SNAKE, QUOTED):
+            await table.attach(conn)
+        before = {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)}
+        assert len(before) == 3
+
+        assert "0009_capture" in await migrate(conn)
+        assert {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)} == before
+        await Store(conn).set_capture("poll")
+        await Store(conn).set_capture("notify")
+        assert {r["proname"]: r["prosrc"] for r in await conn.fetch(FUNCTIONS)} == before
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+async def test_poll_mode_writes_the_same_events_without_any_notify(db_url: str, table: Table) -> None:
+    await prepare(db_url, table)
+    key, merchant = table.keys[0], table.merchants[0]
+    listener = await asyncpg.connect(db_url)
+    try:
+        notified = await listen(listener, *(table.channel(v) for v in ("created", "updated", "deleted")))
+        await lifecycle(db_url, table, key, merchant)  # notify mode
+        for _ in range(3):
+            await asyncio.wait_for(notified.get(), 5)
+        await poll(listener)
+        await Store(listener).set_capture("poll")
+        await lifecycle(db_url, table, key, merchant)
+        await nothing(notified)
+
+        assert await listener.fetchval("SELECT count(*) FROM relay.events") == 3
+        assert await listener.fetchval("SELECT count(*) FROM relay.inbox") == 3  # durable, unsequenced
+        woken = await listen(listener, WAKE_CHANNEL)
+        assert await poll(listener) == 3
+        assert await asyncio.wait_for(woken.get(), 5) == (WAKE_CHANNEL, 3)  # one wake-up per batch
+        assert await listener.fetchval("SELECT count(*) FROM relay.inbox") == 0
+        rows = await listener.fetch("SELECT id, channel, merchant_id, payload FROM relay.events ORDER BY id")
+        notify_rows, poll_rows = rows[:3], rows[3:]
+        for made in (notify_rows, poll_rows):  # the same rows and payloads, eventId included
+            ids = [r["id"] for r in made]
+            assert [(r["channel"], r["merchant_id"], json.loads(r["payload"])) for r in made] == [
+                (table.channel("created"), merchant, table.created(key, merchant, ids[0])),
+                (table.channel("updated"), merchant, table.updated(key, merchant, ids[1])),
+                (table.channel("deleted"), merchant, table.deleted(key, merchant, ids[2])),
+            ]
+    finally:
+        await listener.close()
+
+
+async def test_poll_mode_booking_events_carry_the_seed_payloads(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await Store(conn).set_capture("poll")
+        await conn.execute(INSERT, "b1")
+        await conn.execute("""UPDATE "Booking" SET notes = 'no status change' WHERE id = 'b1'""")
+        await conn.execute("""UPDATE "Booking" SET status = 'CONFIRMED' WHERE id = 'b1'""")
+        await conn.execute("""DELETE FROM "Booking" WHERE id = 'b1'""")
+        assert await poll(conn) == 3
+        rows = await conn.fetch("SELECT id, channel, payload FROM relay.events ORDER BY id")
+        ids = [r["id"] for r in rows]
+        assert [(r["channel"], json.loads(r["payload"])) for r in rows] == [
+            ("booking_created", {"id": "b1", "merchantId": "mA", "status": "PENDING", "operation": "INSERT",
+                                 "eventId": ids[0]}),
+            ("booking_updated", {"id": "b1", "merchantId": "mA", "oldStatus": "PENDING",
+                                 "newStatus": "CONFIRMED", "operation": "UPDATE", "eventId": ids[1]}),
+            ("booking_deleted", {"id": "b1", "merchantId": "mA", "operation": "DELETE", "eventId": ids[2]}),
+        ]  # fmt: skip
+    finally:
+        await conn.close()
+
+
+async def test_a_session_opened_before_a_switch_follows_it_from_its_next_transaction(db_url: str) -> None:
+    writer, listener, admin = [await asyncpg.connect(db_url) for _ in range(3)]
+    try:
+        notified = await listen(listener, "booking_created")
+        await writer.execute(INSERT, "before")  # the writer's session has run the notify function
+        assert (await asyncio.wait_for(notified.get(), 5))[1]["id"] == "before"
+
+        await Store(admin).set_capture("poll")
+        await writer.execute(INSERT, "during")
+        await nothing(notified, 0.5)
+        assert await poll(admin) == 2  # "during" is recorded all the same, after "before"
+        ordered = "SELECT payload->>'id' FROM relay.events ORDER BY position"
+        assert [r[0] for r in await admin.fetch(ordered)] == ["before", "during"]
+
+        await Store(admin).set_capture("notify")
+        await writer.execute(INSERT, "after")
+        assert (await asyncio.wait_for(notified.get(), 5))[1]["id"] == "after"
+    finally:
+        for conn in (writer, listener, admin):
+            await conn.close()
+
+
+async def test_switching_waits_for_no_transaction_of_the_application(db_url: str) -> None:
+    await prepare(db_url, SNAKE)
+    busy, admin = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        busy_tx = busy.transaction()
+        await busy_tx.start()  # holds locks on both tables until it ends
+        await busy.execute(INSERT, "b1")
+        await busy.execute(SNAKE.insert, "101", "mA")
+        await admin.execute("SET lock_timeout = '2s'")  # dropping a trigger would wait for busy
+        assert await Store(admin).set_capture("poll") == "notify"
+        assert await Store(admin).set_capture("notify") == "poll"
+        await busy_tx.commit()
+    finally:
+        await busy.close()
+        await admin.close()
+
+
+async def test_sources_attached_and_triggers_restored_in_poll_mode_write_without_notify(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await Store(conn).set_capture("poll")
+        await conn.execute('DROP TRIGGER booking_changes_trigger ON "Booking"')
+    finally:
+        await conn.close()
+    await prepare(db_url, SNAKE)
+    assert relay_cli("migrate", database_url=db_url).returncode == 0  # puts the trigger back
+    functions = await trigger_functions(db_url)
+    assert set(functions) == {"notify_booking_changes", "source_payment"}
+    assert not any("pg_notify" in body for body in functions.values())
+
+
+async def test_an_idle_poll_writes_nothing_and_a_busy_one_sequences(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    assigned = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"
+    try:
+        await Store(conn).set_capture("poll")
+        async with conn.transaction():
+            assert await poll(conn) == 0
+            assert not await conn.fetchval(assigned)  # no transaction id: no WAL, no commit to flush
+        await execute(db_url, (INSERT, ("b1",)))
+        async with conn.transaction():
+            assert await poll(conn) == 1
+            assert await conn.fetchval(assigned)
+    finally:
+        await conn.close()
+
+
+async def test_in_poll_mode_an_event_that_commits_later_is_sequenced_later_whatever_its_id(
+    db_url: str,
+) -> None:
+    older, newer, poller = [await asyncpg.connect(db_url) for _ in range(3)]
+    try:
+        await Store(poller).set_capture("poll")
+        older_tx = older.transaction()
+        await older_tx.start()
+        await older.execute(INSERT, "A")  # takes the lower id, commits last
+        await newer.execute(INSERT, "B")
+        assert await poll(poller) == 1  # B, while A is still open
+        await older_tx.commit()
+        assert await poll(poller) == 1
+        rows = await poller.fetch("SELECT id, payload->>'id' AS booking FROM relay.events ORDER BY position")
+        assert [r["booking"] for r in rows] == ["B", "A"]
+        assert rows[1]["id"] < rows[0]["id"]
+    finally:
+        for conn in (older, newer, poller):
+            await conn.close()
