@@ -17,6 +17,11 @@
   trigger are paid once per transaction, and they are most of the cost.
 * Poll mode: commit -> /ws client latency against the poll interval, and PostgreSQL's CPU
   (all its processes, from /proc) while a relay polls an idle database, against notify mode.
+* Wal mode: pgbench INSERT rate into "Booking" in wal mode, with a `relay run` process
+  reading the slot meanwhile (started for that run only: its reading decodes the whole
+  server's WAL), against the same table with no capture at all, 1 and 8 writers, in
+  alternating order per round; how long the reader takes to catch up after a run; and
+  commit -> /ws client latency.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from relay import app
 from relay.config import Settings
 from relay.embedded import EmbeddedPostgres
 from relay.store import Store, migrate
+from relay.wal import switch
 
 BOOKING = """CREATE TABLE "Booking" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 SEED_TRIGGER = """
@@ -104,6 +110,8 @@ async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
             await Store(conn).attach_source(*PAYMENT_SOURCE)
         if variant.endswith("poll"):
             await Store(conn).set_capture("poll")
+        if variant == "wal":
+            await switch(Store(conn), Store(conn), "wal")
         if variant == "no_trigger":
             await conn.execute('DROP TRIGGER booking_changes_trigger ON "Booking"')
         elif variant == "empty":
@@ -279,18 +287,72 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
     ]  # fmt: skip
 
 
-async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float) -> list[Row]:
-    """Commit -> a /ws client of `relay run` (a process of its own) in poll mode, commits
-    spread evenly over the poll phase."""
-    url = await make_database(pg, "poll_latency", "poll")
+async def leading(base: str, gauge: str) -> None:
+    """Wait until the relay process at ``base`` leads its capture mode (``gauge`` is 1)."""
+    async with httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 10
+        while f"{gauge} 1.0" not in (await client.get(f"{base}/metrics")).text:
+            assert time.monotonic() < deadline, f"the relay does not lead ({gauge})"
+            await asyncio.sleep(0.1)
+
+
+async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
+    """INSERT rate in wal mode with a relay reading the slot, against no capture at all."""
+    script = _script(INSERT_SCRIPT)
+    urls = {v: await make_database(pg, f"walcost_{v}", v) for v in ("none", "wal")}
+    rates: dict[tuple[str, int], list[float]] = {}
+    catch_up: list[float] = []
+    admin = await asyncpg.connect(urls["wal"])
+    try:
+        for r in range(rounds):
+            for clients in (1, 8):
+                for v in ("none", "wal") if r % 2 == 0 else ("wal", "none"):
+                    if v == "none":
+                        rate = await asyncio.to_thread(pgbench, pg, "walcost_none", clients, seconds, script)
+                    else:
+                        async with serve("relay", urls["wal"]) as relay:
+                            await leading(relay.url, "relay_wal_leader")
+                            rate = await asyncio.to_thread(pgbench, pg, "walcost_wal", clients, seconds, script)
+                            started = time.perf_counter()
+                            while not await admin.fetchval(
+                                'SELECT (SELECT count(*) FROM "Booking") = (SELECT count(*) FROM relay.events)'
+                            ):
+                                await asyncio.sleep(0.01)
+                            catch_up.append(time.perf_counter() - started)
+                    rates.setdefault((v, clients), []).append(rate)
+    finally:
+        await admin.close()
+        os.unlink(script)
+    rows: list[Row] = []
+    for clients in (1, 8):
+        writers = f"{clients} writers" if clients > 1 else "1 writer"
+        ratios = [w / n for w, n in zip(rates[("wal", clients)], rates[("none", clients)], strict=True)]
+        rows.append(
+            row(
+                f"wal mode INSERT rate (a relay reading the slot) vs no capture, {writers}",
+                median(rates[("wal", clients)]),
+                median(rates[("none", clients)]),
+                ">= 0.9" if clients > 1 else ">= 0.95",
+                unit="tx/s",
+                ratio=median(ratios),
+            )
+        )
+    rows.append(
+        row("wal mode: every INSERT recorded as an event, s after a pgbench run ended (max over runs)",
+            max(catch_up), 0.0, "", unit="s", difference=True)
+    )  # fmt: skip
+    return rows
+
+
+async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float, mode: str = "poll") -> list[Row]:
+    """Commit -> a /ws client of `relay run` (a process of its own) in poll or wal mode,
+    commits spread evenly over the poll phase."""
+    url = await make_database(pg, f"{mode}_latency", mode)
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     writer = await asyncpg.connect(url)
-    async with serve("relay", url) as relay, httpx.AsyncClient() as client:
-        deadline = time.monotonic() + 10
-        while "relay_poller_leader 1.0" not in (await client.get(f"{relay.url}/metrics")).text:
-            assert time.monotonic() < deadline, "the relay does not poll"
-            await asyncio.sleep(0.1)
+    async with serve("relay", url) as relay:
+        await leading(relay.url, "relay_poller_leader" if mode == "poll" else "relay_wal_leader")
         ws_url = relay.url.replace("http", "ws") + f"/ws?token={mint('m1', 'u1')}"
         async with websockets.connect(ws_url) as ws:
             await ws.recv()  # connected
@@ -314,6 +376,12 @@ async def poll_latency(pg: EmbeddedPostgres, events: int, interval: float) -> li
     await writer.close()
     ms = [(received[b] - sent[b]) * 1000 for b in sent if b in received]
     floor = interval * 1000
+    if mode == "wal":
+        return [
+            row(f"wal mode commit->/ws client p{p} ms (relay run, polling the slot every {floor:g} ms)",
+                percentile(ms, p), 0.0, "<= 30 ms" if p == 99 else "", unit="ms", difference=True)
+            for p in (50, 99)
+        ]  # fmt: skip
     return [
         row(f"poll mode commit->/ws client p{p} ms (relay run; baseline: the poll interval)",
             percentile(ms, p), floor, "difference <= 5 ms" if p == 99 else "", unit="ms", difference=True)
@@ -365,6 +433,8 @@ async def _run(quick: bool) -> list[Row]:
         rows += await trigger_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
         rows += await trigger_row_cost(pg.url_for("cost_attached_notify"), rounds=1 if quick else 5)
         rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval)
+        rows += await wal_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
+        rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval, mode="wal")
     with server(durable=True) as pg:  # idle: no database here has anything left to vacuum
         rows += await idle_cost(pg, seconds=3 if quick else 10)
     with server(durable=False) as pg:  # CPU only: no flush to wait for, nor its system time

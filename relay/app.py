@@ -16,13 +16,14 @@ from typing import Any
 
 import asyncpg
 import uvicorn
+from prometheus_client import Gauge
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from relay import http, logs, metrics, openapi
 from relay.aio import wait_any
 from relay.auth import TokenVerifier
-from relay.capture import CaptureMode, Poller
+from relay.capture import CaptureMode, Leader, Work, poll_pass
 from relay.config import Settings
 from relay.db import TRANSIENT_ERRORS, create_pool
 from relay.destinations import Destination
@@ -42,6 +43,7 @@ from relay.push.subscriptions import prune_subscriptions
 from relay.push.vapid import VapidSigner
 from relay.scheduler import build_scheduler
 from relay.store import Store
+from relay.wal import WalReader
 from relay.webhooks import routes as webhook_routes
 from relay.webhooks.endpoints import disable_failing_endpoints
 from relay.webhooks.sender import WebhookDestination
@@ -60,7 +62,8 @@ class Services:
     hub: Hub
     feed: Feed
     listener: Listener
-    poller: Poller
+    poller: Leader
+    wal: Leader
     verifier: TokenVerifier | None  # None: token routes answer 503 (no JWT key)
     signer: VapidSigner | None  # None: Web Push is off (no VAPID key)
     gateway: Gateway
@@ -95,22 +98,29 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         capture=capture,
         load_capture=store.capture_mode,
         on_notify=feed.notified,
-        on_wake=lambda sender: None if sender == poller.backend_pid else feed.wake(),
+        on_wake=lambda sender: None if sender in (poller.backend_pid, wal.backend_pid) else feed.wake(),
         on_connect=connected,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
         max_delay=settings.reconnect_max_delay,
         others={presence.CHANNEL: online.notified},
     )
-    # Session-bound (its lock): on the listen URL, never the pool, which may be a pooler's.
-    poller = Poller(
-        settings.listen_url,
-        capture,
-        on_sequenced=feed.wake,  # this process's feed; NOTIFY relay_wake wakes the others'
-        interval=settings.poll_interval,
-        timeout=settings.probe_timeout,
-        max_delay=settings.reconnect_max_delay,
-    )
+    # Session-bound (their locks): on the listen URL, never the pool, which may be a pooler's.
+    def leader(mode: str, work: Work, gauge: Gauge) -> Leader:
+        return Leader(
+            mode,
+            settings.listen_url,
+            capture,
+            work,
+            gauge=gauge,
+            on_sequenced=feed.wake,  # this process's feed; NOTIFY relay_wake wakes the others'
+            interval=settings.poll_interval,
+            timeout=settings.probe_timeout,
+            max_delay=settings.reconnect_max_delay,
+        )
+
+    poller = leader("poll", poll_pass(settings.probe_timeout), metrics.poller_leader)
+    wal = leader("wal", WalReader(), metrics.wal_leader)
 
     async def live_position() -> int:
         await feed.started.wait()
@@ -128,7 +138,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         presence=online,
     )
     return Services(
-        settings, store, hub, feed, listener, poller, verifier, signer, gateway, online, resolver
+        settings, store, hub, feed, listener, poller, wal, verifier, signer, gateway, online, resolver
     )
 
 
@@ -157,6 +167,12 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
         with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
             async with asyncio.timeout(2):
                 metrics.notify_queue_usage.set(await s.store.notify_queue_usage())
+                if s.listener.capture.mode == "wal":
+                    slot = await s.store.wal_slot()
+                    lost = slot is None or slot["wal_status"] == "lost"
+                    metrics.wal_slot_lost.set(1 if lost else 0)
+                    metrics.wal_slot_lag_bytes.set(0 if lost or slot is None else slot["lag_bytes"] or 0)
+                    metrics.wal_slot_retained_bytes.set(0 if lost or slot is None else slot["retained_bytes"] or 0)
 
     app = http.build_app(
         routes,
@@ -189,7 +205,8 @@ class Relay:
     store: Store
     feed: Feed
     listener: Listener
-    poller: Poller
+    poller: Leader
+    wal: Leader
     hub: Hub
     dispatcher: Dispatcher
     push: WebPushDestination | None
@@ -235,7 +252,7 @@ async def start(
             resolver = system
         services = build_services(settings, pool, resolver)
         store, feed, listener, hub = services.store, services.feed, services.listener, services.hub
-        poller = services.poller
+        poller, wal = services.poller, services.wal
         stop = asyncio.Event()
         # One SSRF-guarded client for every outgoing request (webhooks, push).
         http_client = await stack.enter_async_context(
@@ -291,6 +308,7 @@ async def start(
             loops = [
                 tasks.create_task(_after(dispatcher.started, stop, feed.run(stop)), name="relay-feed"),
                 tasks.create_task(_after(dispatcher.started, stop, poller.run(stop)), name="relay-poller"),
+                tasks.create_task(_after(dispatcher.started, stop, wal.run(stop)), name="relay-wal"),
                 tasks.create_task(listener.run(stop), name="relay-listener"),
                 tasks.create_task(services.presence.run(stop), name="relay-presence"),
                 tasks.create_task(dispatcher.plan_loop(stop), name="relay-dispatch-plan"),
@@ -304,7 +322,7 @@ async def start(
                 http_port = server.servers[0].sockets[0].getsockname()[1]
             try:
                 yield Relay(
-                    settings, pool, store, feed, listener, poller, hub, dispatcher, push, http_port,
+                    settings, pool, store, feed, listener, poller, wal, hub, dispatcher, push, http_port,
                     services.presence,
                 )
             finally:
@@ -318,7 +336,7 @@ async def start(
 
 
 async def _after(ready: asyncio.Event, stop: asyncio.Event, loop: Coroutine[Any, Any, None]) -> None:
-    """Run ``loop`` once ``ready`` is set. The feed and the poller wait for the planner's
+    """Run ``loop`` once ``ready`` is set. The feed and the leaders wait for the planner's
     cursors: they must exist before anything is sequenced, or events committed while no
     relay ran would get positions below them and never be delivered."""
     await wait_any(ready, stop, timeout=None)

@@ -1,4 +1,4 @@
-"""Capture modes: how committed changes of the sources reach Relay, and poll mode's poller.
+"""Capture modes: how committed changes of the sources reach Relay, and the leaders of poll and wal mode.
 
 The mode lives in the database (``relay.capture``). ``relay capture MODE`` switches it with
 ``relay.set_capture()``, which rewrites every source's trigger function at once, so even
@@ -8,14 +8,17 @@ mode in a ``CaptureMode``, kept current by its listener the way it keeps the sou
 
 * ``notify``: the triggers write the durable row and NOTIFY; the feed sequences.
 * ``poll``: the triggers only write the durable row, so the application's commits never
-  queue on NOTIFY's database-wide commit lock. The ``Poller`` of one relay process at a
-  time (the holder of a session advisory lock, on a dedicated connection to the listen
-  URL: a transaction pooler would lose a session lock) looks at the small unsequenced
-  index every ``RELAY_POLL_INTERVAL`` seconds, sequences what committed, and wakes every
-  relay process with one NOTIFY ``relay_wake`` per batch from its own connection. When its
-  process or connection dies, the lock goes with the session, and another process's
-  poller, which tries every second, takes over.
-* ``wal``: not built yet.
+  queue on NOTIFY's database-wide commit lock. The poller looks at the small unsequenced
+  index every ``RELAY_POLL_INTERVAL`` seconds and sequences what committed.
+* ``wal``: no trigger; the wal reader (``relay.wal``) reads the logical replication slot
+  every ``RELAY_POLL_INTERVAL`` seconds and records and sequences what it holds.
+
+In poll and wal mode one relay process at a time does that work: its ``Leader``, the
+holder of the mode's session advisory lock, on a dedicated connection to the listen URL (a
+transaction pooler would lose a session lock). It wakes every relay process with one
+NOTIFY ``relay_wake`` per batch from its own connection. When its process or connection
+dies, the lock goes with the session, and another process's leader, which tries every
+second, takes over.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
+from prometheus_client import Gauge
 
 from relay import metrics
 from relay.aio import wait_any
@@ -37,16 +41,18 @@ logger = logging.getLogger(__name__)
 
 MODES = ("notify", "poll", "wal")
 DEFAULT_MODE = "notify"
-# Seconds between two tries for the poller lock by a process that does not hold it: how
-# soon another process takes over when the poller's process dies.
+# The session lock each leader holds, by mode, and its connection's name.
+LOCKS = {"poll": "relay.poller", "wal": "relay.wal"}
+APPLICATION_NAMES = {"poll": "relay-poller", "wal": "relay-wal"}
+# Seconds between two tries for a leader's lock by a process that does not hold it: how
+# soon another process takes over when the leading process dies.
 LOCK_RETRY = 1.0
 # Events sequenced per pass at most; a full batch is followed by another pass at once.
 BATCH = 10_000
-# The poller's connection: its name in pg_stat_activity, and TCP keepalives so that
-# PostgreSQL ends the session, and with it the lock, within about 11 s of its host
-# vanishing without closing the connection (a SIGKILLed process closes it at once).
+# A leader's connection: TCP keepalives so that PostgreSQL ends the session, and with it
+# the lock, within about 11 s of its host vanishing without closing the connection (a
+# SIGKILLed process closes it at once).
 SERVER_SETTINGS = {
-    "application_name": "relay-poller",
     "tcp_keepalives_idle": "5",
     "tcp_keepalives_interval": "2",
     "tcp_keepalives_count": "3",
@@ -67,8 +73,8 @@ class CaptureMode:
 
     @property
     def polled(self) -> bool:
-        """Whether a poller sequences the events (poll mode): the feed's wake-ups only read."""
-        return self._mode == "poll"
+        """Whether a leader sequences the events (poll and wal mode): the feed's wake-ups only read."""
+        return self._mode in LOCKS
 
     @property
     def changed(self) -> asyncio.Event:
@@ -91,26 +97,37 @@ def _export(mode: str) -> None:
         metrics.capture_mode.labels(name).set(1 if name == mode else 0)
 
 
-class Poller:
-    """In poll mode, competes for the poller lock and, while it holds it, polls.
+# What a leader does in a pass over its connection: how many events it sequenced, and
+# whether more are waiting (then the next pass runs at once).
+Work = Callable[[Store], Awaitable[tuple[int, bool]]]
 
-    Runs in every relay process; holds no connection outside poll mode. After a pass that
+
+class Leader:
+    """In its mode, competes for the mode's lock and, while it holds it, runs ``work`` passes.
+
+    Runs in every relay process; holds no connection outside its mode. After a pass that
     sequenced events it calls ``on_sequenced()`` at once: its own process need not wait for
     the NOTIFY relay_wake that wakes the others (which ``backend_pid`` sent).
     """
 
     def __init__(
         self,
+        mode: str,
         dsn: str,
         capture: CaptureMode,
+        work: Work,
         *,
+        gauge: Gauge,
         on_sequenced: Callable[[], None] = lambda: None,
         interval: float = 0.02,
         timeout: float = 2.0,
         max_delay: float = 10.0,
     ) -> None:
+        self.mode = mode
         self._dsn = dsn
         self._capture = capture
+        self._work = work
+        self._gauge = gauge
         self._on_sequenced = on_sequenced
         self._interval = interval
         self._timeout = timeout
@@ -119,15 +136,19 @@ class Poller:
         self.leading = asyncio.Event()
         self.backend_pid: int | None = None
 
+    def _current(self) -> bool:
+        return self._capture.mode == self.mode
+
     async def run(self, stop: asyncio.Event) -> None:
-        failures = FailureStreak("poller cannot reach the database", base=0.05, cap=self._max_delay)
+        failures = FailureStreak(f"{self.mode} leader cannot reach the database", base=0.05, cap=self._max_delay)
+        settings = {**SERVER_SETTINGS, "application_name": APPLICATION_NAMES[self.mode]}
         while not stop.is_set():
-            if not self._capture.polled:
+            if not self._current():
                 await wait_any(self._capture.changed, stop, timeout=None)
                 continue
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, timeout=max(self._timeout, 5.0), server_settings=SERVER_SETTINGS
+                    self._dsn, timeout=max(self._timeout, 5.0), server_settings=settings
                 )
             except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                 await failures.pause(exc, stop)
@@ -140,35 +161,48 @@ class Poller:
                     await failures.pause(exc, stop)
             finally:
                 if self.leading.is_set():
-                    logger.info("this process no longer polls for events")
+                    logger.info("this process no longer leads %s mode", self.mode)
                 self.leading.clear()
-                metrics.poller_leader.set(0)
+                self._gauge.set(0)
                 self.backend_pid = None
                 conn.terminate()  # the session, and the lock with it, ends here
 
     async def _serve(self, store: Store, stop: asyncio.Event, failures: FailureStreak) -> None:
-        """Wait for the lock (another process may hold it), then poll while in poll mode."""
-        while not await store.try_poller_lock(within=self._timeout):
+        """Wait for the lock (another process may hold it), then work while in the mode."""
+        while not await store.try_leader_lock(LOCKS[self.mode], within=self._timeout):
             failures.reset()  # the connection works
             await wait_any(stop, self._capture.changed, timeout=self.lock_retry)
-            if stop.is_set() or not self._capture.polled:
+            if stop.is_set() or not self._current():
                 return
         failures.reset()
         self.leading.set()
-        metrics.poller_leader.set(1)
-        logger.info("this process polls for events every %gs (pid %s)", self._interval, self.backend_pid)
+        self._gauge.set(1)
+        logger.info(
+            "this process leads %s mode: a pass every %gs (pid %s)", self.mode, self._interval, self.backend_pid
+        )
         clock = time.monotonic
         next_pass = clock()
-        while not stop.is_set() and self._capture.polled:
-            started = time.perf_counter()
-            count = await store.poll_events(BATCH, within=self._timeout)
-            took = time.perf_counter() - started
-            metrics.poll_seconds.labels("sequenced" if count else "empty").observe(took)
+        while not stop.is_set() and self._current():
+            count, more = await self._work(store)
             if count:
-                metrics.poll_events.inc(count)
                 self._on_sequenced()
-                if count >= BATCH:
-                    continue  # more are waiting
+            if more:
+                continue
             # A fixed rate; a pass that ran late does not make the next ones run early.
             next_pass = max(next_pass + self._interval, clock())
             await asyncio.sleep(next_pass - clock())
+
+
+def poll_pass(timeout: float) -> Work:
+    """Poll mode's pass: sequence what the triggers wrote into relay.inbox."""
+
+    async def work(store: Store) -> tuple[int, bool]:
+        started = time.perf_counter()
+        count = await store.poll_events(BATCH, within=timeout)
+        took = time.perf_counter() - started
+        metrics.poll_seconds.labels("sequenced" if count else "empty").observe(took)
+        if count:
+            metrics.poll_events.inc(count)
+        return count, count >= BATCH
+
+    return work

@@ -14,12 +14,14 @@ from collections.abc import Awaitable
 
 import asyncpg
 
+from relay.capture import LOCKS
 from relay.config import Settings
 from relay.db import connect_once
 from relay.errors import ConfigError
 from relay.pooler import shares_sessions
 from relay.push.vapid import VapidSigner
 from relay.store import Store
+from relay.wal import RETAINED_WARN
 
 Line = tuple[str, str]
 TIMEOUT = 5.0
@@ -85,9 +87,7 @@ async def _schema(store: Store) -> list[Line]:
         return [("fail", "relay schema missing: run `relay migrate`")]
     return [
         ("ok", f"relay schema present ({count} migrations applied)"),
-        ("ok", 'trigger attached to "Booking"')
-        if await store.trigger_attached()
-        else ("fail", 'trigger not attached to "Booking": run `relay migrate`'),
+        await booking_line(store),
         *await sources_lines(store),
         await capture_line(store),
     ]
@@ -168,12 +168,38 @@ async def sources_lines(store: Store) -> list[tuple[str, str]]:
     return lines
 
 
-async def capture_line(store: Store) -> tuple[str, str]:
-    """The capture mode, and in poll mode whether a relay process polls."""
+async def booking_line(store: Store) -> Line:
+    if await store.capture_mode() == "wal":
+        if await store.booking_captured():
+            return ("ok", '"Booking" is in the publication relay (capture mode wal)')
+        return ("fail", '"Booking" is not in the publication relay: run `relay migrate`')
+    if await store.trigger_attached():
+        return ("ok", 'trigger attached to "Booking"')
+    return ("fail", 'trigger not attached to "Booking": run `relay migrate`')
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+async def capture_line(store: Store) -> Line:
+    """The capture mode; in poll and wal mode whether a relay process leads it; in wal mode
+    the slot and the WAL it retains."""
     mode = await store.capture_mode()
+    if mode == "wal":
+        return await wal_line(store)
+    if await store.wal_slot() is not None:
+        return (
+            "warn",
+            f"capture mode: {mode}, but the replication slot relay is left from wal mode and keeps "
+            f"WAL: `relay capture {mode}` records what it holds and drops it",
+        )
     if mode != "poll":
         return ("ok", f"capture mode: {mode}")
-    pid = await store.poller_backend()
+    pid = await store.leader_backend(LOCKS["poll"])
     if pid is None:
         return (
             "warn",
@@ -181,6 +207,27 @@ async def capture_line(store: Store) -> tuple[str, str]:
             "events wait for a reconciliation pass",
         )
     return ("ok", f"capture mode: poll (a relay process polls, backend pid {pid})")
+
+
+async def wal_line(store: Store) -> Line:
+    slot = await store.wal_slot()
+    back = "run `relay capture poll` then `relay capture wal` to capture again from now"
+    if slot is None:
+        return ("fail", f"capture mode: wal, but the replication slot relay is missing: {back}")
+    if slot["wal_status"] == "lost":
+        return (
+            "fail",
+            "capture mode: wal, but the replication slot relay was invalidated (wal_status lost: it "
+            f"retained more than max_slot_wal_keep_size) and changes were lost: {back}",
+        )
+    retained = int(slot["retained_bytes"] or 0)
+    held = f"the slot retains {_size(retained)} of WAL ({_size(int(slot['lag_bytes'] or 0))} not read yet)"
+    pid = await store.leader_backend(LOCKS["wal"])
+    if retained > RETAINED_WARN:
+        return ("warn", f"capture mode: wal; {held}, over {_size(RETAINED_WARN)}: is a relay process reading it?")
+    if pid is None:
+        return ("warn", f"capture mode: wal, but no relay process reads the slot now (none running?); {held}")
+    return ("ok", f"capture mode: wal (a relay process reads the slot, backend pid {pid}); {held}")
 
 
 def optional_parts(settings: Settings) -> list[tuple[bool, str]]:

@@ -125,9 +125,16 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_capture(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.wal import switch
+
     async def act(store: Store) -> int:
         if args.mode is not None:
-            await store.set_capture(args.mode)
+            # Session-bound work (the wal reader's lock, leaving wal mode) on the listen URL.
+            session = await connect_once(settings.listen_url)
+            try:
+                await switch(store, Store(session), args.mode)
+            finally:
+                await session.close()
         print(await store.capture_mode())
         return 0
 

@@ -178,9 +178,11 @@ class EmbeddedPostgres:
     ``destroy()`` stops it and removes the directory (also after a failed start).
     """
 
-    def __init__(self, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = True, wal_level: str = "logical") -> None:
         self.port = port or free_port()
         self.durable = durable
+        # logical: capture mode wal works (a few more bytes of WAL per update and delete).
+        self.wal_level = wal_level
         package = wheel_package()
         self.bin = bin_dir(package)
         self.user = _system_user() if os.geteuid() == 0 else None
@@ -262,6 +264,7 @@ class EmbeddedPostgres:
             "-c unix_socket_directories=''",
             "-c max_connections=300",
             "-c shared_buffers=128MB",
+            f"-c wal_level={self.wal_level}",
         ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]

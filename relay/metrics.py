@@ -115,3 +115,28 @@ poll_events = Counter(
     "Events sequenced by this process's poller",
     registry=REGISTRY,
 )
+wal_leader = Gauge(
+    "relay_wal_leader",
+    "1 while this process is the one reading the replication slot (wal mode), else 0",
+    registry=REGISTRY,
+)
+wal_events = Counter(
+    "relay_wal_events_total",
+    "Events recorded from the replication slot by this process (wal mode)",
+    registry=REGISTRY,
+)
+wal_slot_lag_bytes = Gauge(
+    "relay_wal_slot_lag_bytes",
+    "WAL written since what the replication slot relay was read up to (wal mode; set when /metrics is read)",
+    registry=REGISTRY,
+)
+wal_slot_retained_bytes = Gauge(
+    "relay_wal_slot_retained_bytes",
+    "WAL the replication slot relay keeps from being removed (wal mode; set when /metrics is read)",
+    registry=REGISTRY,
+)
+wal_slot_lost = Gauge(
+    "relay_wal_slot_lost",
+    "1 while the replication slot relay is invalidated (wal_status lost) or missing in wal mode, else 0",
+    registry=REGISTRY,
+)

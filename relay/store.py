@@ -487,21 +487,90 @@ class Store:
             except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError):
                 raise CaptureError("the relay schema is missing or old: run `relay migrate`") from None
 
-    async def try_poller_lock(self, within: float | None = None) -> bool:
-        """Take the poller's session lock if no session holds it (on a dedicated connection)."""
+    async def try_leader_lock(self, lock: str, within: float | None = None) -> bool:
+        """Take a leader's session lock if no session holds it (on a dedicated connection)."""
         async with self._conn() as conn:
-            return bool(await conn.fetchval(q("poller_try_lock"), timeout=within))
+            return bool(await conn.fetchval(q("leader_try_lock"), lock, timeout=within))
+
+    @contextlib.asynccontextmanager
+    async def leader_lock(self, lock: str, within: float) -> AsyncIterator[None]:
+        """Hold a leader's session lock, waiting up to ``within`` seconds for it (TimeoutError)."""
+        async with self._conn() as conn:
+            await conn.fetchval(q("leader_lock"), lock, timeout=within)
+            try:
+                yield
+            finally:
+                await conn.fetchval(q("leader_unlock"), lock)
 
     async def poll_events(self, limit: int, within: float | None = None) -> int:
         """The poller's pass: sequence what committed and wake every relay; how many it sequenced."""
         async with self._conn() as conn:
             return int(await conn.fetchval(q("poll_events"), limit, timeout=within))
 
-    async def poller_backend(self) -> int | None:
-        """The backend pid of the relay process's poller that holds the lock, if one does."""
+    async def leader_backend(self, lock: str) -> int | None:
+        """The backend pid of the relay process's leader that holds ``lock``, if one does."""
         async with self._conn() as conn:
-            pid = await conn.fetchval(q("poller_backend"))
+            pid = await conn.fetchval(q("leader_backend"), lock)
         return None if pid is None else int(pid)
+
+    # ------------------------------------------------------------------ capture mode wal
+
+    async def wal_refusal(self) -> str | None:
+        """Why this database and role cannot use wal mode, in one line (None: they can)."""
+        async with self._conn() as conn:
+            reason = await conn.fetchval(q("wal_refusal"))
+        return None if reason is None else str(reason)
+
+    async def wal_prepare(self) -> None:
+        """The publication (empty), then the slot: each in a transaction of its own."""
+        async with self._conn() as conn:
+            await conn.execute(q("wal_publication"))
+            try:
+                await conn.execute(q("wal_slot_create"))
+            except asyncpg.DuplicateObjectError:
+                pass  # another `relay capture wal` made it meanwhile
+
+    async def wal_drop_slot(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("wal_slot_drop"))
+
+    async def wal_slot(self) -> asyncpg.Record | None:
+        """The slot's ``wal_status``, ``lag_bytes`` and ``retained_bytes``; None without a slot."""
+        async with self._conn() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(q("wal_slot"))
+        return row
+
+    async def wal_peek(self, limit: int, within: float | None = None) -> tuple[str, list[tuple[str, bytes]]]:
+        """The WAL flushed so far, and the slot's messages before it: up to ``limit`` of
+        them, in whole transactions, as (lsn, data)."""
+        async with self._conn() as conn:
+            rows = await conn.fetch(q("wal_peek"), limit, timeout=within)
+        return rows[0]["upto"], [(r["lsn"], r["data"]) for r in rows if r["lsn"] is not None]
+
+    async def wal_columns(self, relids: Sequence[int]) -> dict[int, list[str]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(q("wal_columns"), list(relids))
+        return {int(r["relid"]): list(r["columns"]) for r in rows}
+
+    async def wal_record(
+        self,
+        relids: Sequence[int],
+        ops: Sequence[str],
+        new: Sequence[str | None],
+        old: Sequence[str | None],
+        lsns: Sequence[str],
+        parts: Sequence[int],
+        within: float | None = None,
+    ) -> int:
+        """Record decoded changes (row literals of their tables) as events, sequence them and
+        wake every relay, in one transaction; how many events it sequenced."""
+        async with self._conn() as conn:
+            args = (list(relids), list(ops), list(new), list(old), list(lsns), list(parts))
+            return int(await conn.fetchval(q("wal_record"), *args, timeout=within))
+
+    async def wal_advance(self, lsn: str, within: float | None = None) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("wal_advance"), lsn, timeout=within)
 
     # ------------------------------------------------------------------ schema
 
@@ -519,6 +588,11 @@ class Store:
     async def trigger_attached(self) -> bool:
         async with self._conn() as conn:
             return bool(await conn.fetchval(q("trigger_attached")))
+
+    async def booking_captured(self) -> bool:
+        """The trigger on "Booking", or in wal mode "Booking" in the publication."""
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(q("booking_captured")))
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations and attach the trigger; return the names applied.
@@ -545,7 +619,7 @@ class Store:
                 await conn.execute(q("migration_record"), name)
                 applied.append(name)
                 logger.info("applied migration %s", name)
-            if applied or not await conn.fetchval(q("trigger_attached")):
+            if applied or not await conn.fetchval(q("booking_captured")):
                 # The built-in source, through the path every source takes.
                 await conn.execute(q("attach_booking"))
             return applied

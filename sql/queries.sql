@@ -464,13 +464,11 @@ FROM relay.detach_source($1);
 SELECT relay.attach_booking();
 
 -- name: sources_without_trigger
--- Attached sources whose trigger is gone (their table was dropped, or recreated).
+-- Attached sources whose trigger is gone (their table was dropped, or recreated), or in wal
+-- mode whose table is not in the publication.
 SELECT entity, table_name, tenant_column, key_column, watch, fields
 FROM relay.sources s
-WHERE entity <> 'booking' AND NOT EXISTS (
-    SELECT 1 FROM pg_trigger t
-    WHERE t.tgrelid = s.table_oid AND t.tgname = 'relay_' || s.entity || '_changes'
-)
+WHERE entity <> 'booking' AND NOT relay.source_captured(s)
 ORDER BY entity;
 
 -- ---------------------------------------------------------------- capture modes
@@ -490,19 +488,72 @@ WHERE position > $1
 ORDER BY position
 LIMIT $2;
 
--- name: poller_try_lock
--- A session lock, held by the poller's own connection for as long as it polls.
-SELECT pg_try_advisory_lock(hashtext('relay.poller'));
+-- name: leader_try_lock
+-- A session lock ($1: relay.poller or relay.wal), held by a leader's own connection for as
+-- long as it leads its capture mode.
+SELECT pg_try_advisory_lock(hashtext($1));
+
+-- name: leader_lock
+-- The same lock, waited for (`relay capture` leaving wal mode reads the slot itself).
+SELECT pg_advisory_lock(hashtext($1));
+
+-- name: leader_unlock
+SELECT pg_advisory_unlock(hashtext($1));
 
 -- name: poll_events
 SELECT relay.poll_events($1);
 
--- name: poller_backend
--- The backend that holds the poller lock in this database, or none.
+-- name: leader_backend
+-- The backend that holds the lock $1 in this database, or none.
 SELECT l.pid FROM pg_locks l
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext('relay.poller')::bigint;
+  AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint;
+
+-- ---------------------------------------------------------------- capture mode wal
+
+-- name: wal_refusal
+SELECT relay.wal_refusal();
+
+-- name: wal_publication
+SELECT relay.wal_publication();
+
+-- name: wal_slot_create
+-- Run alone: a slot cannot be created in a transaction that has written.
+SELECT pg_create_logical_replication_slot('relay', 'pgoutput')
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'relay');
+
+-- name: wal_slot_drop
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+WHERE slot_name = 'relay' AND database = current_database();
+
+-- name: wal_slot
+-- The slot: how far it was read, what WAL it keeps, and whether that is still there.
+SELECT wal_status,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+FROM pg_replication_slots WHERE slot_name = 'relay' AND database = current_database();
+
+-- name: wal_peek
+-- Up to $1 messages (whole transactions: a larger one comes whole) committed before the
+-- WAL flushed so far, which comes first ("upto") even when there is none.
+SELECT u.upto::text AS upto, c.lsn::text AS lsn, c.data
+FROM (SELECT pg_current_wal_flush_lsn() AS upto) u
+LEFT JOIN LATERAL pg_logical_slot_peek_binary_changes(
+    'relay', u.upto, $1, 'proto_version', '1', 'publication_names', 'relay') c ON true;
+
+-- name: wal_columns
+-- The columns of tables, as their row type has them (what a row literal lists).
+SELECT attrelid::bigint AS relid, array_agg(attname::text ORDER BY attnum) AS columns
+FROM pg_attribute
+WHERE attrelid = ANY ($1::oid[]) AND attnum > 0 AND NOT attisdropped
+GROUP BY attrelid;
+
+-- name: wal_record
+SELECT relay.wal_record($1::oid[], $2::text[], $3::text[], $4::text[], $5::pg_lsn[], $6::int[]);
+
+-- name: wal_advance
+SELECT pg_replication_slot_advance('relay', $1::pg_lsn);
 
 -- ---------------------------------------------------------------- migrations and checks
 
@@ -538,6 +589,10 @@ SELECT to_regclass('relay.schema_migrations') IS NOT NULL;
 
 -- name: migrations_count
 SELECT count(*) FROM relay.schema_migrations;
+
+-- name: booking_captured
+-- The trigger on "Booking", or in wal mode "Booking" in the publication.
+SELECT coalesce((SELECT relay.source_captured(s) FROM relay.sources s WHERE entity = 'booking'), false);
 
 -- name: trigger_attached
 SELECT EXISTS (

@@ -130,6 +130,54 @@ async def db_url(cluster: Cluster) -> AsyncIterator[str]:
         await cluster.drop_database(name)
 
 
+async def _wal_level(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SHOW wal_level"))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def wal_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """A server with wal_level = logical (capture mode wal): the suite's own (the embedded
+    server starts with it), else, when DATABASE_URL's has another level, one started here."""
+    if asyncio.run(_wal_level(cluster.admin_url)) == "logical":
+        yield cluster
+        return
+    with embedded_server() as server:
+        yield Cluster(server.url)
+
+
+async def _drop_with_slots(cluster: Cluster, name: str) -> None:
+    """Drop a database that may hold a replication slot (a slot in use would block it)."""
+    admin = await asyncpg.connect(cluster.admin_url)
+    try:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        for _ in range(100):
+            if not await admin.fetchval(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND active", name
+            ):
+                break
+            await asyncio.sleep(0.05)
+        await admin.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1", name
+        )
+    finally:
+        await admin.close()
+    await cluster.drop_database(name)
+
+
+@pytest.fixture
+async def wal_db_url(wal_cluster: Cluster) -> AsyncIterator[str]:
+    """A fresh database on a server where capture mode wal works; its slot goes with it."""
+    name = await wal_cluster.create_database()
+    try:
+        yield wal_cluster.url(name)
+    finally:
+        await _drop_with_slots(wal_cluster, name)
+
+
 @pytest.fixture
 def own_server() -> Iterator[EmbeddedPostgres]:
     """A server this test may stop, kill and restart; never the one in DATABASE_URL."""

@@ -9,8 +9,9 @@ sometimes and 410 for one subscription. WebSocket clients drop and resume with
 ``since``. At the end every target must hold every event of its merchant.
 
 ``make chaos`` runs the full size (``make chaos CAPTURE=poll`` in poll capture mode, where
-the relays' pollers are killed too); ``tests/e2e/test_chaos.py`` shortened ones in both
-modes.
+the relays' pollers are killed too; ``CAPTURE=wal`` in wal capture mode, where the backends
+reading the replication slot are killed and the relay process reading it is the one
+SIGKILLed); ``tests/e2e/test_chaos.py`` shortened ones.
 Everything talks to Relay through its public contract only: the CLI, the HTTP
 routes, the WebSocket messages, and the outgoing requests.
 """
@@ -90,12 +91,13 @@ class ChaosConfig:
     ws_clients_per_merchant: int = 2
     drain_timeout: float = 180.0
     seed: int = 1
-    capture: str = "notify"  # the capture mode (`relay capture`): notify or poll
+    capture: str = "notify"  # the capture mode (`relay capture`): notify, poll or wal
 
 
 @dataclass
 class Report:
     events_committed: int = 0
+    changes_acknowledged: int = 0  # commits the writers saw succeed: each one is an event
     per_merchant_events: dict[str, int] = field(default_factory=dict)
     per_source_events: dict[str, int] = field(default_factory=dict)
     webhook_unique: dict[str, int] = field(default_factory=dict)
@@ -116,7 +118,9 @@ class Report:
         out = [
             f"events committed: {self.events_committed} {self.per_merchant_events}",
             f"events per source: {self.per_source_events}",
-            f"listener backends killed: {self.listener_kills}, poller backends killed: {self.poller_kills}",
+            f"changes acknowledged to the writers: {self.changes_acknowledged}",
+            f"listener backends killed: {self.listener_kills}, "
+            f"poller / slot reader backends killed: {self.poller_kills}",
         ]
         for merchant, expected in sorted(self.per_merchant_events.items()):
             out.append(
@@ -380,7 +384,10 @@ async def _writer(
             done += 1
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             # A change whose commit was cut off may or may not have committed; relay.events
-            # is the truth the report compares against, so nothing here needs to know.
+            # is the truth the report compares against. The rows this writer knew may have
+            # changed: it forgets them, so that every change it sees succeed is an event.
+            mine.clear()
+            payments.clear()
             if conn is not None:
                 conn.terminate()
             conn = None
@@ -439,8 +446,8 @@ async def _change_payment(
 
 
 async def _kill_listeners(url: str, cfg: ChaosConfig, stop: asyncio.Event, report: Report) -> None:
-    """Terminate every relay listener's backend, and the poller's (poll mode), about every
-    ``kill_listener_every`` seconds."""
+    """Terminate every relay listener's backend, and the poller's (poll mode) or the slot
+    reader's (wal mode), about every ``kill_listener_every`` seconds."""
     conn: asyncpg.Connection | None = None
     while not stop.is_set():
         await asyncio.sleep(cfg.kill_listener_every * random.uniform(0.6, 1.4))
@@ -450,11 +457,11 @@ async def _kill_listeners(url: str, cfg: ChaosConfig, stop: asyncio.Event, repor
             killed = dict(
                 await conn.fetch(
                     "SELECT application_name, sum(pg_terminate_backend(pid)::int) FROM pg_stat_activity "
-                    "WHERE application_name IN ('relay-listener', 'relay-poller') GROUP BY 1"
+                    "WHERE application_name IN ('relay-listener', 'relay-poller', 'relay-wal') GROUP BY 1"
                 )
             )
             report.listener_kills += int(killed.get("relay-listener", 0))
-            report.poller_kills += int(killed.get("relay-poller", 0))
+            report.poller_kills += int(killed.get("relay-poller", 0)) + int(killed.get("relay-wal", 0))
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             if conn is not None:
                 conn.terminate()
@@ -605,14 +612,18 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
                 await asyncio.to_thread(pg.start)
             if cfg.sigkill_relay and not killed and done >= total * 0.6:
                 killed = True
-                relays[1].kill()
+                victim = relays[await _slot_reader(relays) if cfg.capture == "wal" else 1]
+                victim.kill()
                 await asyncio.sleep(1.0)
-                await relays[1].start()
+                await victim.start()
         for w in writers:
             w.result()
+        report.changes_acknowledged = per_writer * cfg.writers
         last_commit = time.monotonic()
         stop_chaos.set()
         await killer
+        if cfg.capture == "wal":
+            await _slot_read(url, cfg.drain_timeout)
 
         conn = await asyncpg.connect(url)
         rows = await conn.fetch(  # in poll mode the last ones may still wait in relay.inbox
@@ -687,7 +698,39 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def _slot_reader(relays: list[RelayProcess]) -> int:
+    """Which relay process reads the replication slot now (wal mode; the first if none says so)."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(50):
+            for i, relay in enumerate(relays):
+                with contextlib.suppress(httpx.HTTPError):
+                    text = (await client.get(f"{relay.base}/metrics", timeout=2)).text
+                    if "relay_wal_leader 1.0" in text.splitlines():
+                        return i
+            await asyncio.sleep(0.1)
+    return 0
+
+
+async def _slot_read(url: str, timeout: float) -> None:
+    """Wait until the slot was read past every commit so far (wal mode)."""
+    async with asyncio.timeout(timeout):
+        conn = await asyncpg.connect(url)
+        try:
+            target = await conn.fetchval("SELECT pg_current_wal_lsn()")
+            while not await conn.fetchval(
+                "SELECT confirmed_flush_lsn >= $1 FROM pg_replication_slots WHERE slot_name = 'relay'", target
+            ):
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
+
 def _check(report: Report, merchants: list[str]) -> None:
+    if report.events_committed < report.changes_acknowledged:
+        report.problems.append(
+            f"{report.changes_acknowledged} changes were acknowledged but only {report.events_committed} "
+            "became events"
+        )
     for source, count in report.per_source_events.items():
         if not count:
             report.problems.append(f"no event of source {source} was committed")
@@ -714,7 +757,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="make chaos")
     parser.add_argument("--changes", type=int, default=ChaosConfig.changes)
     parser.add_argument("--seed", type=int, default=ChaosConfig.seed)
-    parser.add_argument("--capture", choices=("notify", "poll"), default=ChaosConfig.capture)
+    parser.add_argument("--capture", choices=("notify", "poll", "wal"), default=ChaosConfig.capture)
     args = parser.parse_args(argv)
     cfg = ChaosConfig(changes=args.changes, seed=args.seed, capture=args.capture)
     started = time.monotonic()

@@ -67,17 +67,6 @@ async def test_in_notify_mode_the_booking_function_is_0001s_byte_for_byte(db_url
         await conn.close()
 
 
-async def test_wal_mode_exits_1_with_one_line_until_it_is_built_and_changes_nothing(db_url: str) -> None:
-    message = "relay capture: capture mode wal is not built yet: the modes available are notify and poll"
-    before = await trigger_functions(db_url)
-    refused = relay_cli("capture", "wal", database_url=db_url)
-    assert (refused.returncode, refused.stdout, refused.stderr.splitlines()) == (1, "", [message])
-    assert relay_cli("capture", database_url=db_url).stdout == "notify\n"
-    assert await trigger_functions(db_url) == before
-    unknown = relay_cli("capture", "logical", database_url=db_url)
-    assert unknown.returncode == 2 and "invalid choice: 'logical'" in unknown.stderr
-
-
 async def poll(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT relay.poll_events()"))
 

@@ -113,14 +113,14 @@ async def test_two_relays_in_poll_mode_one_polls_and_the_other_takes_over_when_i
         async with running(settings) as two, ws_client(two, tok) as ws:
             await asyncio.sleep(two.poller.lock_retry * 2)  # two has tried for the lock, twice
             assert not two.poller.leading.is_set()
-            assert await Store(observer).poller_backend() == one.poller.backend_pid
+            assert await Store(observer).leader_backend("relay.poller") == one.poller.backend_pid
             assert await observer.fetchval(POLLER_BACKENDS) == 2  # one polling, one waiting
             await insert(db_url, ("b1", "mA"))
             assert (await recv(ws))["data"]["id"] == "b1"  # two's feed, woken by one's poller
 
             await first.aclose()  # one stops: its session, and the lock, end
             await asyncio.wait_for(two.poller.leading.wait(), two.poller.lock_retry + 5)
-            assert await Store(observer).poller_backend() == two.poller.backend_pid
+            assert await Store(observer).leader_backend("relay.poller") == two.poller.backend_pid
             await insert(db_url, ("b2", "mA"))
             assert (await recv(ws))["data"]["id"] == "b2"
 

@@ -1,0 +1,237 @@
+"""Capture mode wal: read the replication slot, record its changes as events, move it on.
+
+asyncpg speaks no replication protocol, so the wal reader polls the slot with SQL
+functions, every ``RELAY_POLL_INTERVAL`` seconds, on the leader's connection (one relay
+process at a time, see ``relay.capture.Leader``). A pass:
+
+1. peeks at the slot (``pg_logical_slot_peek_binary_changes``, pgoutput protocol 1): the
+   changes of whole transactions, in commit order, up to the WAL flushed when it started;
+2. turns each changed row into a row literal of its table (the decoded text values, by
+   column name, in the order of the table's row type; an unchanged TOASTed value of an
+   UPDATE is taken from the old row, which replica identity FULL sends);
+3. records them in one transaction (``relay.wal_record``: each source's wal function builds
+   the payload with the poll-mode trigger's SQL, the sequencer gives positions, NOTIFY
+   relay_wake wakes every relay process);
+4. only then moves the slot on (``pg_replication_slot_advance``). A crash between 3 and 4
+   replays those changes, and the unique LSN of each recorded change refuses them.
+
+Peeking starts decoding afresh from the slot's restart point each time; an idle slot is
+moved on once a second past WAL that held nothing for Relay, so that stays short.
+
+Leaving wal mode, ``relay capture`` takes the leader's lock itself, runs passes until the
+slot is empty, then drops it (``switch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from relay import metrics
+from relay.capture import LOCKS
+from relay.errors import CaptureError
+from relay.pgoutput import (
+    UNCHANGED,
+    Change,
+    Commit,
+    Relation,
+    Truncate,
+    Tuple,
+    Value,
+    lsn_text,
+    lsn_value,
+    parse,
+)
+from relay.store import Store
+
+logger = logging.getLogger(__name__)
+
+LOCK = LOCKS["wal"]
+# Messages per peek at most (whole transactions: a larger one comes whole).
+BATCH = 10_000
+# Seconds between two moves of an idle slot past WAL with nothing for Relay.
+ADVANCE_IDLE = 1.0
+# Seconds a pass may take (a peek decodes from the slot's restart point).
+PASS_TIMEOUT = 120.0
+# Seconds between two reads of a slot found invalidated or missing.
+LOST_RETRY = 5.0
+# Seconds `relay capture` waits for a relay process to stop reading the slot.
+HANDOVER_TIMEOUT = 30.0
+# Past this much retained WAL, `relay check` warns.
+RETAINED_WARN = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """The changes of a peek, ready for ``relay.wal_record`` (rows as name -> value)."""
+
+    changes: list[tuple[Change, str, int, Relation]]
+    last_commit: int | None
+
+
+def decode(messages: Sequence[tuple[str, bytes]]) -> Decoded:
+    """Each change with its LSN, its number among the changes of that LSN, and its relation."""
+    relations: dict[int, Relation] = {}
+    changes: list[tuple[Change, str, int, Relation]] = []
+    last_commit: int | None = None
+    previous, part = "", 0
+    for lsn, data in messages:
+        message = parse(data)
+        if isinstance(message, Relation):
+            relations[message.relid] = message
+        elif isinstance(message, Change):
+            part = part + 1 if lsn == previous else 0
+            previous = lsn
+            changes.append((message, lsn, part, relations[message.relid]))
+        elif isinstance(message, Commit):
+            last_commit = message.end_lsn
+        elif isinstance(message, Truncate):
+            # As in the trigger modes (row triggers do not fire on TRUNCATE): no event.
+            logger.debug("TRUNCATE of relations %s is not an event", message.relids)
+    return Decoded(changes, last_commit)
+
+
+def row_literal(columns: Sequence[str], values: dict[str, Value]) -> str:
+    """A row literal of a table whose row type has ``columns``: quoted text, or nothing for
+    NULL (and for a column the decoded row lacks: added since, or generated)."""
+    fields = []
+    for column in columns:
+        value = values.get(column)
+        if value is None or value is UNCHANGED:
+            fields.append("")
+        else:
+            fields.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "(" + ",".join(fields) + ")"
+
+
+def _named(relation: Relation, row: Tuple | None) -> dict[str, Value] | None:
+    return None if row is None else dict(zip(relation.columns, row, strict=True))
+
+
+class WalReader:
+    """The wal leader's pass (``__call__``), keeping when it last moved the slot on."""
+
+    def __init__(self) -> None:
+        self._advanced: int = 0
+        self._advanced_at = 0.0
+        self._lost_until = 0.0
+        self.lost: str | None = None  # why the slot cannot be read, while it cannot
+        self.more = False  # the last pass stopped at its limit
+
+    async def __call__(self, store: Store) -> tuple[int, bool]:
+        if time.monotonic() < self._lost_until:
+            return 0, False
+        try:
+            count = await self.read(store)
+        except (asyncpg.ObjectNotInPrerequisiteStateError, asyncpg.UndefinedObjectError) as exc:
+            self._slot_lost(exc)
+            return 0, False
+        if self.lost is not None:
+            logger.info("the replication slot relay is readable again")
+            self.lost = None
+            metrics.wal_slot_lost.set(0)
+        return count, self.more
+
+    def _slot_lost(self, exc: asyncpg.PostgresError) -> None:
+        self._lost_until = time.monotonic() + LOST_RETRY
+        reason = " ".join(str(exc).split())
+        if self.lost != reason:
+            logger.error(
+                "capture mode wal cannot read the replication slot relay (%s): changes the slot no "
+                "longer holds are not recorded; run `relay capture poll` then `relay capture wal` "
+                "to capture again from now",
+                reason,
+            )
+        self.lost = reason
+        metrics.wal_slot_lost.set(1)
+
+    async def read(self, store: Store, limit: int = BATCH) -> int:
+        """One pass; how many events it sequenced."""
+        upto, messages = await store.wal_peek(limit, within=PASS_TIMEOUT)
+        self.more = len(messages) >= limit
+        decoded = decode(messages)
+        count = 0
+        if decoded.changes:
+            count = await self.record(store, decoded)
+        # Everything committed before ``upto`` came, unless the peek stopped at ``limit``.
+        target = decoded.last_commit if self.more else lsn_value(upto)
+        idle = time.monotonic() - self._advanced_at >= ADVANCE_IDLE
+        if target is not None and target > self._advanced and (decoded.changes or idle):
+            await store.wal_advance(lsn_text(target), within=PASS_TIMEOUT)
+            self._advanced, self._advanced_at = target, time.monotonic()
+        if count:
+            metrics.wal_events.inc(count)
+        return count
+
+    async def record(self, store: Store, decoded: Decoded) -> int:
+        """Record decoded changes as events (without moving the slot on); how many it sequenced."""
+        columns = await store.wal_columns(sorted({c.relid for c, _, _, _ in decoded.changes}))
+        relids, ops, news, olds, lsns, parts = [], [], [], [], [], []
+        for change, lsn, part, relation in decoded.changes:
+            table = columns.get(change.relid)
+            if table is None:
+                continue  # the table was dropped since
+            old = _named(relation, change.old)
+            new = _named(relation, change.new)
+            if new is not None:
+                for column, value in new.items():
+                    if value is UNCHANGED:  # TOASTed and unchanged: the old row has it
+                        new[column] = old.get(column) if old is not None else None
+            relids.append(change.relid)
+            ops.append(change.op)
+            news.append(None if new is None else row_literal(table, new))
+            olds.append(None if old is None else row_literal(table, old))
+            lsns.append(lsn)
+            parts.append(part)
+        return await store.wal_record(relids, ops, news, olds, lsns, parts, within=PASS_TIMEOUT)
+
+
+async def switch(store: Store, session: Store, mode: str) -> str:
+    """``relay capture MODE``: switch, with what wal mode needs on the way in and out;
+    return the mode before. ``session`` is a connection to the listen URL (session-bound:
+    the reader's lock); CaptureError says why not, in one line."""
+    if mode == "wal":
+        reason = await store.wal_refusal()
+        if reason is not None:
+            raise CaptureError(reason)
+        await store.wal_prepare()
+        try:
+            return await store.set_capture(mode)
+        except CaptureError:
+            if await store.capture_mode() != "wal":
+                await store.wal_drop_slot()  # a slot nobody reads would keep WAL for ever
+            raise
+    before = await store.set_capture(mode)
+    if before == "wal" or await store.wal_slot() is not None:
+        await drain(session)
+        await store.wal_drop_slot()
+    return before
+
+
+async def drain(session: Store) -> int:
+    """Record what the slot still holds (as the reader, under its lock); how many events."""
+    if await session.wal_slot() is None:
+        return 0
+    try:
+        async with session.leader_lock(LOCK, within=HANDOVER_TIMEOUT):
+            reader, total = WalReader(), 0
+            while True:
+                total += await reader.read(session)
+                if not reader.more:
+                    return total
+    except TimeoutError:
+        pid = await session.leader_backend(LOCK)
+        raise CaptureError(
+            f"a relay process (backend pid {pid}) still reads the replication slot after "
+            f"{HANDOVER_TIMEOUT:g} s: run `relay capture` again once it has followed the switch"
+        ) from None
+    except (asyncpg.ObjectNotInPrerequisiteStateError, asyncpg.UndefinedObjectError) as exc:
+        logger.error(
+            "the replication slot relay could not be read (%s): changes it no longer held were not recorded",
+            " ".join(str(exc).split()),
+        )
+        return 0
