@@ -540,12 +540,12 @@ class Store:
             row: asyncpg.Record | None = await conn.fetchrow(q("wal_slot"))
         return row
 
-    async def wal_peek(self, limit: int, within: float | None = None) -> tuple[str, list[tuple[str, bytes]]]:
+    async def wal_peek(self, limit: int, within: float | None = None) -> tuple[int, list[tuple[int, bytes]]]:
         """The WAL flushed so far, and the slot's messages before it: up to ``limit`` of
-        them, in whole transactions, as (lsn, data)."""
+        them, in whole transactions, as (lsn, data). LSNs are integers."""
         async with self._conn() as conn:
             rows = await conn.fetch(q("wal_peek"), limit, timeout=within)
-        return rows[0]["upto"], [(r["lsn"], r["data"]) for r in rows if r["lsn"] is not None]
+        return int(rows[0]["upto"]), [(int(r["lsn"]), r["data"]) for r in rows if r["lsn"] is not None]
 
     async def wal_columns(self, relids: Sequence[int]) -> dict[int, list[str]]:
         async with self._conn() as conn:
@@ -558,7 +558,7 @@ class Store:
         ops: Sequence[str],
         new: Sequence[str | None],
         old: Sequence[str | None],
-        lsns: Sequence[str],
+        lsns: Sequence[int],
         parts: Sequence[int],
         within: float | None = None,
     ) -> int:
@@ -568,7 +568,7 @@ class Store:
             args = (list(relids), list(ops), list(new), list(old), list(lsns), list(parts))
             return int(await conn.fetchval(q("wal_record"), *args, timeout=within))
 
-    async def wal_advance(self, lsn: str, within: float | None = None) -> None:
+    async def wal_advance(self, lsn: int, within: float | None = None) -> None:
         async with self._conn() as conn:
             await conn.execute(q("wal_advance"), lsn, timeout=within)
 

@@ -42,8 +42,6 @@ from relay.pgoutput import (
     Truncate,
     Tuple,
     Value,
-    lsn_text,
-    lsn_value,
     parse,
 )
 from relay.store import Store
@@ -69,14 +67,14 @@ RETAINED_WARN = 1 << 30
 class Decoded:
     """The changes of a peek, ready for ``relay.wal_record`` (rows as name -> value)."""
 
-    changes: list[tuple[Change, str, int, Relation]]
+    changes: list[tuple[Change, int, int, Relation]]
     last_commit: int | None
 
 
-def decode(messages: Sequence[tuple[str, bytes]]) -> Decoded:
+def decode(messages: Sequence[tuple[int, bytes]]) -> Decoded:
     """Each change with its LSN, its number among the changes of that LSN, and its relation."""
     relations: dict[int, Relation] = {}
-    changes: list[tuple[Change, str, int, Relation]] = []
+    changes: list[tuple[Change, int, int, Relation]] = []
     last_commit: int | None = None
     previous, part = "", 0
     for lsn, data in messages:
@@ -158,10 +156,10 @@ class WalReader:
         if decoded.changes:
             count = await self.record(store, decoded)
         # Everything committed before ``upto`` came, unless the peek stopped at ``limit``.
-        target = decoded.last_commit if self.more else lsn_value(upto)
+        target = decoded.last_commit if self.more else upto
         idle = time.monotonic() - self._advanced_at >= ADVANCE_IDLE
         if target is not None and target > self._advanced and (decoded.changes or idle):
-            await store.wal_advance(lsn_text(target), within=PASS_TIMEOUT)
+            await store.wal_advance(target, within=PASS_TIMEOUT)
             self._advanced, self._advanced_at = target, time.monotonic()
         if count:
             metrics.wal_events.inc(count)

@@ -537,7 +537,7 @@ FROM pg_replication_slots WHERE slot_name = 'relay' AND database = current_datab
 -- name: wal_peek
 -- Up to $1 messages (whole transactions: a larger one comes whole) committed before the
 -- WAL flushed so far, which comes first ("upto") even when there is none.
-SELECT u.upto::text AS upto, c.lsn::text AS lsn, c.data
+SELECT u.upto, c.lsn, c.data
 FROM (SELECT pg_current_wal_flush_lsn() AS upto) u
 LEFT JOIN LATERAL pg_logical_slot_peek_binary_changes(
     'relay', u.upto, $1, 'proto_version', '1', 'publication_names', 'relay') c ON true;
