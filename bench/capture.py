@@ -296,6 +296,23 @@ async def leading(base: str, gauge: str) -> None:
             await asyncio.sleep(0.1)
 
 
+RECORDED = 'SELECT (SELECT count(*) FROM "Booking") = (SELECT count(*) FROM relay.events)'
+
+
+async def _wal_run(
+    pg: EmbeddedPostgres, url: str, admin: asyncpg.Connection, clients: int, seconds: float, script: str
+) -> tuple[float, float]:
+    """One pgbench run in wal mode while a relay process reads the slot: its rate, and the
+    seconds after it until every INSERT is an event."""
+    async with serve("relay", url) as relay:
+        await leading(relay.url, "relay_wal_leader")
+        rate = await asyncio.to_thread(pgbench, pg, "walcost_wal", clients, seconds, script)
+        started = time.perf_counter()
+        while not await admin.fetchval(RECORDED):
+            await asyncio.sleep(0.01)
+        return rate, time.perf_counter() - started
+
+
 async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
     """INSERT rate in wal mode with a relay reading the slot, against no capture at all."""
     script = _script(INSERT_SCRIPT)
@@ -310,15 +327,8 @@ async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Ro
                     if v == "none":
                         rate = await asyncio.to_thread(pgbench, pg, "walcost_none", clients, seconds, script)
                     else:
-                        async with serve("relay", urls["wal"]) as relay:
-                            await leading(relay.url, "relay_wal_leader")
-                            rate = await asyncio.to_thread(pgbench, pg, "walcost_wal", clients, seconds, script)
-                            started = time.perf_counter()
-                            while not await admin.fetchval(
-                                'SELECT (SELECT count(*) FROM "Booking") = (SELECT count(*) FROM relay.events)'
-                            ):
-                                await asyncio.sleep(0.01)
-                            catch_up.append(time.perf_counter() - started)
+                        rate, caught_up = await _wal_run(pg, urls["wal"], admin, clients, seconds, script)
+                        catch_up.append(caught_up)
                     rates.setdefault((v, clients), []).append(rate)
     finally:
         await admin.close()
@@ -434,7 +444,9 @@ async def _run(quick: bool) -> list[Row]:
         rows += await trigger_row_cost(pg.url_for("cost_attached_notify"), rounds=1 if quick else 5)
         rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval)
         rows += await wal_cost(pg, seconds=2 if quick else 4, rounds=1 if quick else 5)
-        rows += await poll_latency(pg, events=100 if quick else 1000, interval=Settings().poll_interval, mode="wal")
+        rows += await poll_latency(
+            pg, events=100 if quick else 1000, interval=Settings().poll_interval, mode="wal"
+        )
     with server(durable=True) as pg:  # idle: no database here has anything left to vacuum
         rows += await idle_cost(pg, seconds=3 if quick else 10)
     with server(durable=False) as pg:  # CPU only: no flush to wait for, nor its system time

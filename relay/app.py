@@ -105,6 +105,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         max_delay=settings.reconnect_max_delay,
         others={presence.CHANNEL: online.notified},
     )
+
     # Session-bound (their locks): on the listen URL, never the pool, which may be a pooler's.
     def leader(mode: str, work: Work, gauge: Gauge) -> Leader:
         return Leader(
@@ -172,7 +173,9 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
                     lost = slot is None or slot["wal_status"] == "lost"
                     metrics.wal_slot_lost.set(1 if lost else 0)
                     metrics.wal_slot_lag_bytes.set(0 if lost or slot is None else slot["lag_bytes"] or 0)
-                    metrics.wal_slot_retained_bytes.set(0 if lost or slot is None else slot["retained_bytes"] or 0)
+                    metrics.wal_slot_retained_bytes.set(
+                        0 if lost or slot is None else slot["retained_bytes"] or 0
+                    )
 
     app = http.build_app(
         routes,
@@ -322,7 +325,17 @@ async def start(
                 http_port = server.servers[0].sockets[0].getsockname()[1]
             try:
                 yield Relay(
-                    settings, pool, store, feed, listener, poller, wal, hub, dispatcher, push, http_port,
+                    settings,
+                    pool,
+                    store,
+                    feed,
+                    listener,
+                    poller,
+                    wal,
+                    hub,
+                    dispatcher,
+                    push,
+                    http_port,
                     services.presence,
                 )
             finally:

@@ -140,7 +140,9 @@ class Leader:
         return self._capture.mode == self.mode
 
     async def run(self, stop: asyncio.Event) -> None:
-        failures = FailureStreak(f"{self.mode} leader cannot reach the database", base=0.05, cap=self._max_delay)
+        failures = FailureStreak(
+            f"{self.mode} leader cannot reach the database", base=0.05, cap=self._max_delay
+        )
         settings = {**SERVER_SETTINGS, "application_name": APPLICATION_NAMES[self.mode]}
         while not stop.is_set():
             if not self._current():
@@ -178,7 +180,10 @@ class Leader:
         self.leading.set()
         self._gauge.set(1)
         logger.info(
-            "this process leads %s mode: a pass every %gs (pid %s)", self.mode, self._interval, self.backend_pid
+            "this process leads %s mode: a pass every %gs (pid %s)",
+            self.mode,
+            self._interval,
+            self.backend_pid,
         )
         clock = time.monotonic
         next_pass = clock()

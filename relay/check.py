@@ -224,7 +224,10 @@ async def wal_line(store: Store) -> Line:
     held = f"the slot retains {_size(retained)} of WAL ({_size(int(slot['lag_bytes'] or 0))} not read yet)"
     pid = await store.leader_backend(LOCKS["wal"])
     if retained > RETAINED_WARN:
-        return ("warn", f"capture mode: wal; {held}, over {_size(RETAINED_WARN)}: is a relay process reading it?")
+        return (
+            "warn",
+            f"capture mode: wal; {held}, over {_size(RETAINED_WARN)}: is a relay process reading it?",
+        )
     if pid is None:
         return ("warn", f"capture mode: wal, but no relay process reads the slot now (none running?); {held}")
     return ("ok", f"capture mode: wal (a relay process reads the slot, backend pid {pid}); {held}")

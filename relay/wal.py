@@ -76,7 +76,7 @@ def decode(messages: Sequence[tuple[int, bytes]]) -> Decoded:
     relations: dict[int, Relation] = {}
     changes: list[tuple[Change, int, int, Relation]] = []
     last_commit: int | None = None
-    previous, part = "", 0
+    previous, part = -1, 0
     for lsn, data in messages:
         message = parse(data)
         if isinstance(message, Relation):

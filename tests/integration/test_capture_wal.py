@@ -82,7 +82,9 @@ async def attach_shop(url: str) -> None:
     async with connected(url) as conn:
         await conn.execute(ORDERS)
         store = Store(conn)
-        await store.attach_source("shop.orders", "order", "shop", "no", ["state", "total"], ["memo", "tags", "meta", "total", "at"])
+        await store.attach_source(
+            "shop.orders", "order", "shop", "no", ["state", "total"], ["memo", "tags", "meta", "total", "at"]
+        )
         await store.attach_source("shop.notes", "note", "shop", "id", [], ["body"])
 
 
@@ -128,7 +130,13 @@ async def test_wal_payloads_are_byte_for_byte_those_of_notify_and_poll_mode(wal_
     updated = [json.loads(p) for c, _, p in notify if c == "order_updated"]
     assert len(updated[0]["memo"]) == 12800  # the unchanged TOASTed value, from the old row
     assert [json.loads(p) for c, _, p in notify if c == "booking_updated"] == [
-        {"id": "b1", "merchantId": "mA", "oldStatus": "PENDING", "newStatus": "CONFIRMED", "operation": "UPDATE"}
+        {
+            "id": "b1",
+            "merchantId": "mA",
+            "oldStatus": "PENDING",
+            "newStatus": "CONFIRMED",
+            "operation": "UPDATE",
+        }
     ]
 
 
@@ -136,8 +144,10 @@ async def slot_and_publication(conn: asyncpg.Connection) -> tuple[int, list[str]
     slots = await conn.fetchval(
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'relay' AND plugin = 'pgoutput'"
     )
-    tables = await conn.fetch("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables "
-                              "WHERE pubname = 'relay' ORDER BY 1")
+    tables = await conn.fetch(
+        "SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables "
+        "WHERE pubname = 'relay' ORDER BY 1"
+    )
     return slots, [r["t"] for r in tables]
 
 
@@ -175,7 +185,9 @@ async def test_attach_and_detach_in_wal_mode_change_the_publication(wal_db_url: 
         assert await conn.fetchval(IDENTITY, "billing.payments") == "f"
         await conn.execute(SNAKE.insert, "101", "mA")
         assert await read_slot(wal_db_url) == 1
-        payload = json.loads(await conn.fetchval("SELECT payload FROM relay.events WHERE channel = 'payment_created'"))
+        payload = json.loads(
+            await conn.fetchval("SELECT payload FROM relay.events WHERE channel = 'payment_created'")
+        )
         assert payload["id"] == "101" and payload["amount_cents"] == 1200
 
         await Store(conn).detach_source("billing.payments")
@@ -191,7 +203,9 @@ async def test_a_change_recorded_but_not_yet_moved_past_is_not_recorded_twice(wa
     async with connected(wal_db_url) as conn:
         store = Store(conn)
         for i in range(3):
-            await conn.execute("""INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'm', 'N')""", f"b{i}")
+            await conn.execute(
+                """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, 'm', 'N')""", f"b{i}"
+            )
         await conn.copy_records_to_table("Booking", records=[(f"c{i}", "m", "N", None) for i in range(3)])
         await flush(conn)
         _upto, messages = await store.wal_peek(BATCH)
@@ -261,11 +275,16 @@ async def test_an_invalidated_slot_is_an_error_a_metric_and_a_failed_check_with_
         await conn.execute("SELECT pg_reload_conf()")
         try:
             for _ in range(3):
-                await conn.execute("CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler "
-                                   "SELECT md5(i::text) FROM generate_series(1, 20000) i")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler "
+                    "SELECT md5(i::text) FROM generate_series(1, 20000) i"
+                )
                 await conn.execute("SELECT pg_switch_wal()")
             await conn.execute("CHECKPOINT")
-            assert await conn.fetchval("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'relay'") == "lost"
+            assert (
+                await conn.fetchval("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'relay'")
+                == "lost"
+            )
         finally:
             await conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
             await conn.execute("SELECT pg_reload_conf()")

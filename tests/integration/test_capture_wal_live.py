@@ -97,11 +97,13 @@ async def test_metrics_and_check_show_the_slot_while_a_relay_reads_it(wal_db_url
     assert metric_lines(text, 'relay_capture_mode{mode="wal"}') == {'relay_capture_mode{mode="wal"}': 1.0}
     assert metric_lines(text, "relay_wal_leader") == {"relay_wal_leader": 1.0}
     assert metric_lines(text, "relay_wal_slot_lost") == {"relay_wal_slot_lost": 0.0}
-    assert set(metric_lines(text, "relay_wal_slot_")) >= {"relay_wal_slot_lag_bytes", "relay_wal_slot_retained_bytes"}
+    assert set(metric_lines(text, "relay_wal_slot_")) >= {
+        "relay_wal_slot_lag_bytes",
+        "relay_wal_slot_retained_bytes",
+    }
     assert metric_lines(text, "relay_wal_slot_lag_bytes")["relay_wal_slot_lag_bytes"] >= 0
     assert lines[0][0] == "ok" and lines[0][1].startswith(
-        f"capture mode: wal (a relay process reads the slot, backend pid {pid}); "
-        "the slot retains "
+        f"capture mode: wal (a relay process reads the slot, backend pid {pid}); the slot retains "
     )
 
 

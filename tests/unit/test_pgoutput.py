@@ -72,7 +72,15 @@ def test_relations_rows_and_transactions_carry_what_postgresql_sent() -> None:
 
 def test_decoding_numbers_changes_and_takes_the_last_commit() -> None:
     decoded = decode(captured())
-    assert [c.op for c, _, _, _ in decoded.changes] == ["INSERT", "UPDATE", "INSERT", "UPDATE", "DELETE", "DELETE", "INSERT"]
+    assert [c.op for c, _, _, _ in decoded.changes] == [
+        "INSERT",
+        "UPDATE",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "DELETE",
+        "INSERT",
+    ]
     assert all(part == 0 for _, _, part, _ in decoded.changes)  # one change per WAL record here
     assert decoded.last_commit == captured()[-1][0]
     many = [captured()[2], captured()[3], captured()[3]]  # a COPY writes rows in one record: same LSN
@@ -86,7 +94,14 @@ def test_a_row_literal_quotes_every_value_and_leaves_nulls_and_missing_columns_e
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"Z", b"B\x00\x00", b"I\x00\x00@\x05X", b"R\x00\x00@\x05public", b"I\x00\x00@\x05N\x00\x01t\x00\x00\x00\x09ab"],
+    [
+        b"",
+        b"Z",
+        b"B\x00\x00",
+        b"I\x00\x00@\x05X",
+        b"R\x00\x00@\x05public",
+        b"I\x00\x00@\x05N\x00\x01t\x00\x00\x00\x09ab",
+    ],
     ids=["empty", "unknown type", "short field", "no new row", "unterminated string", "value past the end"],
 )
 def test_anything_else_is_a_protocol_error(data: bytes) -> None:
