@@ -31,7 +31,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # The full chaos run (tests/e2e/chaos.py); CHAOS_RUNS=3 runs it three times in a row,
-# CAPTURE=poll in poll capture mode.
+# CAPTURE=poll or CAPTURE=wal in that capture mode.
 CHAOS_RUNS ?= 1
 CAPTURE ?= notify
 chaos: install

@@ -366,7 +366,7 @@ def _vapid_env() -> dict[str, str]:
 
 
 async def _writer(
-    url: str, n: int, merchants: list[str], rng: random.Random, label: str, number: int
+    url: str, n: int, merchants: list[str], rng: random.Random, label: str, number: int, acked: list[int]
 ) -> None:
     conn: asyncpg.Connection | None = None
     mine: dict[str, str] = {}  # booking id -> status
@@ -382,6 +382,7 @@ async def _writer(
             else:
                 await _change_booking(conn, rng, merchants, mine, f"{label}-{attempts}")
             done += 1
+            acked[0] += 1
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             # A change whose commit was cut off may or may not have committed; relay.events
             # is the truth the report compares against. The rows this writer knew may have
@@ -582,8 +583,11 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         stop_chaos = asyncio.Event()
         killer = asyncio.create_task(_kill_listeners(url, cfg, stop_chaos, report))
         per_writer = cfg.changes // cfg.writers
+        acked = [0]  # changes the writers saw commit
         writers = [
-            asyncio.create_task(_writer(url, per_writer, merchants, random.Random(cfg.seed + w), f"w{w}", w))
+            asyncio.create_task(
+                _writer(url, per_writer, merchants, random.Random(cfg.seed + w), f"w{w}", w, acked)
+            )
             for w in range(cfg.writers)
         ]
 
@@ -604,7 +608,8 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
         total = per_writer * cfg.writers
         while not all(w.done() for w in writers):
             await asyncio.sleep(0.25)
-            done = await progress()
+            # In wal mode events appear only as the slot is read: count the writers' commits.
+            done = acked[0] if cfg.capture == "wal" else await progress()
             if cfg.restart_postgres and not restarted and done >= total * 0.3:
                 restarted = True
                 await asyncio.to_thread(pg.stop, "fast")
@@ -618,6 +623,10 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
                 await victim.start()
         for w in writers:
             w.result()
+        if cfg.restart_postgres and not restarted:
+            report.problems.append("PostgreSQL was not restarted while the writers ran")
+        if cfg.sigkill_relay and not killed:
+            report.problems.append("no relay process was SIGKILLed while the writers ran")
         report.changes_acknowledged = per_writer * cfg.writers
         last_commit = time.monotonic()
         stop_chaos.set()

@@ -31,3 +31,15 @@ async def test_nothing_is_lost_while_everything_breaks_in_poll_mode() -> None:
     assert min(report.per_source_events.values()) > 60
     assert report.poller_kills >= 3
     assert report.ws_resumes >= 3
+
+
+@pytest.mark.timeout(240)
+async def test_nothing_is_lost_while_everything_breaks_in_wal_mode() -> None:
+    """No trigger: the relay process reading the replication slot is the one SIGKILLed, the
+    slot readers' backends are killed too, and PostgreSQL restarts under the slot."""
+    report = await run_chaos(ChaosConfig(changes=400, drain_timeout=90, capture="wal", seed=3))
+    print("\n".join(report.lines()))
+    assert report.problems == []
+    assert report.changes_acknowledged == 400  # each of them an event (report.problems)
+    assert min(report.per_source_events.values()) > 60
+    assert report.poller_kills >= 1
