@@ -330,6 +330,7 @@ async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Ro
                         rate, caught_up = await _wal_run(pg, urls["wal"], admin, clients, seconds, script)
                         catch_up.append(caught_up)
                     rates.setdefault((v, clients), []).append(rate)
+        await switch(Store(admin), Store(admin), "notify")  # the slot's name is the server's: free it
     finally:
         await admin.close()
         os.unlink(script)

@@ -572,6 +572,14 @@ class Store:
         async with self._conn() as conn:
             await conn.execute(q("wal_advance"), lsn, timeout=within)
 
+    async def wal_snapshot_allowed(self) -> bool:
+        async with self._conn() as conn:
+            return bool(await conn.fetchval(q("wal_snapshot_allowed")))
+
+    async def wal_log_snapshot(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(q("wal_log_snapshot"))
+
     # ------------------------------------------------------------------ schema
 
     async def server_version(self) -> str:

@@ -15,8 +15,13 @@ process at a time, see ``relay.capture.Leader``). A pass:
 4. only then moves the slot on (``pg_replication_slot_advance``). A crash between 3 and 4
    replays those changes, and the unique LSN of each recorded change refuses them.
 
-Peeking starts decoding afresh from the slot's restart point each time; an idle slot is
-moved on once a second past WAL that held nothing for Relay, so that stays short.
+Peeking starts decoding afresh from the slot's restart point each time, and so does moving
+the slot on. PostgreSQL moves that point only at a running-transactions record, which it
+writes about every 15 s: on a busy server every pass would decode up to 15 s of WAL again.
+So while changes come, the reader writes one itself every ``SNAPSHOT_EVERY`` seconds
+(``pg_log_standby_snapshot()``, PostgreSQL 16 and later, where the role may: a superuser,
+or granted EXECUTE on it). An idle slot is moved on once a second past WAL that held
+nothing for Relay.
 
 Leaving wal mode, ``relay capture`` takes the leader's lock itself, runs passes until the
 slot is empty, then drops it (``switch``).
@@ -53,6 +58,8 @@ LOCK = LOCKS["wal"]
 BATCH = 10_000
 # Seconds between two moves of an idle slot past WAL with nothing for Relay.
 ADVANCE_IDLE = 1.0
+# Seconds between two running-transactions records the reader writes while changes come.
+SNAPSHOT_EVERY = 0.25
 # Seconds a pass may take (a peek decodes from the slot's restart point).
 PASS_TIMEOUT = 120.0
 # Seconds between two reads of a slot found invalidated or missing.
@@ -119,6 +126,8 @@ class WalReader:
         self._lost_until = 0.0
         self.lost: str | None = None  # why the slot cannot be read, while it cannot
         self.more = False  # the last pass stopped at its limit
+        self._snapshots: bool | None = None  # whether it may write running-transactions records
+        self._snapshot_at = 0.0
 
     async def __call__(self, store: Store) -> tuple[int, bool]:
         if time.monotonic() < self._lost_until:
@@ -161,9 +170,24 @@ class WalReader:
         if target is not None and target > self._advanced and (decoded.changes or idle):
             await store.wal_advance(target, within=PASS_TIMEOUT)
             self._advanced, self._advanced_at = target, time.monotonic()
+        if decoded.changes and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
+            await self._log_snapshot(store)
         if count:
             metrics.wal_events.inc(count)
         return count
+
+    async def _log_snapshot(self, store: Store) -> None:
+        """A running-transactions record, so the slot's restart point can follow (see above)."""
+        if self._snapshots is None:
+            self._snapshots = await store.wal_snapshot_allowed()
+            if not self._snapshots:
+                logger.info(
+                    "this role may not run pg_log_standby_snapshot(): on a busy server each read of "
+                    "the slot decodes up to 15 s of WAL again (GRANT EXECUTE on it to avoid that)"
+                )
+        if self._snapshots:
+            await store.wal_log_snapshot()
+        self._snapshot_at = time.monotonic()
 
     async def record(self, store: Store, decoded: Decoded) -> int:
         """Record decoded changes as events (without moving the slot on); how many it sequenced."""

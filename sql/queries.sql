@@ -555,6 +555,14 @@ SELECT relay.wal_record($1::oid[], $2::text[], $3::text[], $4::text[], $5::pg_ls
 -- name: wal_advance
 SELECT pg_replication_slot_advance('relay', $1::pg_lsn);
 
+-- name: wal_snapshot_allowed
+-- Whether this role may log a running-transactions record (PostgreSQL 16 and later;
+-- superusers, or a role granted EXECUTE on the function).
+SELECT coalesce(has_function_privilege(to_regprocedure('pg_log_standby_snapshot()'), 'EXECUTE'), false);
+
+-- name: wal_log_snapshot
+SELECT pg_log_standby_snapshot();
+
 -- ---------------------------------------------------------------- migrations and checks
 
 -- name: migrate_lock
