@@ -121,7 +121,7 @@ def build_services(settings: Settings, pool: asyncpg.Pool, resolver: Resolver) -
         )
 
     poller = leader("poll", poll_pass(settings.probe_timeout), metrics.poller_leader)
-    wal = leader("wal", WalReader(), metrics.wal_leader)
+    wal = leader("wal", WalReader(on_recorded=feed.wake), metrics.wal_leader)
 
     async def live_position() -> int:
         await feed.started.wait()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -118,9 +118,17 @@ def _named(relation: Relation, row: Tuple | None) -> dict[str, Value] | None:
 
 
 class WalReader:
-    """The wal leader's pass (``__call__``), keeping when it last moved the slot on."""
+    """The wal leader's pass (``__call__``), keeping when it last moved the slot on.
 
-    def __init__(self) -> None:
+    ``on_recorded()`` runs as soon as a pass's events are committed, before the slot is moved
+    on: its own process's feed need not wait for that (the other processes hear relay_wake).
+    """
+
+    def __init__(self, on_recorded: Callable[[], None] = lambda: None) -> None:
+        self._on_recorded = on_recorded
+        # The columns of each table's row type, by the relation as the slot last described it
+        # (a new description, after DDL, reads them again).
+        self._columns: dict[Relation, list[str]] = {}
         self._advanced: int = 0
         self._advanced_at = 0.0
         self._lost_until = 0.0
@@ -164,6 +172,8 @@ class WalReader:
         count = 0
         if decoded.changes:
             count = await self.record(store, decoded)
+            if count:
+                self._on_recorded()
         # Everything committed before ``upto`` came, unless the peek stopped at ``limit``.
         target = decoded.last_commit if self.more else upto
         idle = time.monotonic() - self._advanced_at >= ADVANCE_IDLE
@@ -191,10 +201,13 @@ class WalReader:
 
     async def record(self, store: Store, decoded: Decoded) -> int:
         """Record decoded changes as events (without moving the slot on); how many it sequenced."""
-        columns = await store.wal_columns(sorted({c.relid for c, _, _, _ in decoded.changes}))
+        unknown = {r for _, _, _, r in decoded.changes} - self._columns.keys()
+        if unknown:
+            current = await store.wal_columns(sorted({r.relid for r in unknown}))
+            self._columns.update({r: current[r.relid] for r in unknown if r.relid in current})
         relids, ops, news, olds, lsns, parts = [], [], [], [], [], []
         for change, lsn, part, relation in decoded.changes:
-            table = columns.get(change.relid)
+            table = self._columns.get(relation)
             if table is None:
                 continue  # the table was dropped since
             old = _named(relation, change.old)
@@ -209,7 +222,11 @@ class WalReader:
             olds.append(None if old is None else row_literal(table, old))
             lsns.append(lsn)
             parts.append(part)
-        return await store.wal_record(relids, ops, news, olds, lsns, parts, within=PASS_TIMEOUT)
+        try:
+            return await store.wal_record(relids, ops, news, olds, lsns, parts, within=PASS_TIMEOUT)
+        except asyncpg.PostgresError:
+            self._columns.clear()  # a row type changed without a new description (a generated column)
+            raise
 
 
 async def switch(store: Store, session: Store, mode: str) -> str:
