@@ -18,10 +18,11 @@ process at a time, see ``relay.capture.Leader``). A pass:
 Peeking starts decoding afresh from the slot's restart point each time, and so does moving
 the slot on. PostgreSQL moves that point only at a running-transactions record, which it
 writes about every 15 s: on a busy server every pass would decode up to 15 s of WAL again.
-So while changes come, the reader writes one itself every ``SNAPSHOT_EVERY`` seconds
+So the reader writes one itself each time ``SNAPSHOT_BYTES`` of WAL went by since its last
 (``pg_log_standby_snapshot()``, PostgreSQL 16 and later, where the role may: a superuser,
-or granted EXECUTE on it). An idle slot is moved on once a second past WAL that held
-nothing for Relay.
+or granted EXECUTE on it). Not more often: the pass that meets one writes a snapshot file
+and the slot's state to disk, some 30 ms on the bench's disk. An idle slot is moved on
+once a second past WAL that held nothing for Relay.
 
 Leaving wal mode, ``relay capture`` takes the leader's lock itself, runs passes until the
 slot is empty, then drops it (``switch``).
@@ -58,8 +59,8 @@ LOCK = LOCKS["wal"]
 BATCH = 10_000
 # Seconds between two moves of an idle slot past WAL with nothing for Relay.
 ADVANCE_IDLE = 1.0
-# Seconds between two running-transactions records the reader writes while changes come.
-SNAPSHOT_EVERY = 0.25
+# Bytes of WAL between two running-transactions records the reader writes.
+SNAPSHOT_BYTES = 4 << 20
 # Seconds a pass may take (a peek decodes from the slot's restart point).
 PASS_TIMEOUT = 120.0
 # Seconds between two reads of a slot found invalidated or missing.
@@ -135,7 +136,7 @@ class WalReader:
         self.lost: str | None = None  # why the slot cannot be read, while it cannot
         self.more = False  # the last pass stopped at its limit
         self._snapshots: bool | None = None  # whether it may write running-transactions records
-        self._snapshot_at = 0.0
+        self._snapshot_lsn = 0
 
     async def __call__(self, store: Store) -> tuple[int, bool]:
         if time.monotonic() < self._lost_until:
@@ -180,8 +181,9 @@ class WalReader:
         if target is not None and target > self._advanced and (decoded.changes or idle):
             await store.wal_advance(target, within=PASS_TIMEOUT)
             self._advanced, self._advanced_at = target, time.monotonic()
-        if decoded.changes and time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY:
+        if upto - self._snapshot_lsn >= SNAPSHOT_BYTES:
             await self._log_snapshot(store)
+            self._snapshot_lsn = upto
         if count:
             metrics.wal_events.inc(count)
         return count
@@ -197,7 +199,6 @@ class WalReader:
                 )
         if self._snapshots:
             await store.wal_log_snapshot()
-        self._snapshot_at = time.monotonic()
 
     async def record(self, store: Store, decoded: Decoded) -> int:
         """Record decoded changes as events (without moving the slot on); how many it sequenced."""
