@@ -8,10 +8,10 @@ code: a pass after a NOTIFY, after a reconnect, or every ``reconcile_interval`` 
 (the one reconciliation timer). Nothing committed can be skipped, and nothing is handed
 on twice by one process.
 
-In poll mode the poller sequences (``relay.capture``) and wakes the feed with NOTIFY
-``relay_wake``; those passes only read by position. The reconciliation timer's pass and
-a pass a waiting reader asked for (``caught_up``) still sequence, so events keep flowing,
-late, while no poller runs.
+In poll and wal mode a leader (the poller, the slot reader: ``relay.capture``) sequences and
+wakes the feed with NOTIFY ``relay_wake``; those passes only read by position. The
+reconciliation timer's pass and a pass a waiting reader asked for (``caught_up``) still
+sequence, so what reached relay.events keeps flowing, late, while no leader runs.
 """
 
 from __future__ import annotations

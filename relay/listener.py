@@ -12,7 +12,7 @@ LISTEN and its probe) on every (re)connection, on every ``relay_sources`` NOTIFY
 NOTIFY still converges), and LISTENs to the new sources' event names and UNLISTENs
 the removed ones. A failed read keeps the catalog it had and is tried again. It follows
 the capture mode the same way (``relay capture`` sends ``relay_sources`` too), and
-hands on the poller's wake-ups (``relay_wake``, poll mode).
+hands on the leaders' wake-ups (``relay_wake``, poll and wal mode).
 """
 
 from __future__ import annotations

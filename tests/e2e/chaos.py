@@ -292,8 +292,17 @@ class LiveClient:
         self.resumes = 0
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
+        self.sessions: list[str] = []  # port:events received, per connection (for a failed drain)
 
     async def run(self) -> None:
+        # Start from a cursor (what `GET /events` answers before any event), so that every
+        # connection resumes: a socket without `since` is live-only, and in wal mode the first
+        # events may all be handed on at once, while this client happens to be reconnecting.
+        async with httpx.AsyncClient() as http:
+            page = await http.get(
+                f"{self.relays[0].base}/events?limit=1", headers={"Authorization": f"Bearer {self.token}"}
+            )
+            self.cursor = page.json()["next"]
         while not self.done.is_set():
             relay = self.rng.choice([r for r in self.relays if r.proc is not None] or self.relays)
             url = f"ws://127.0.0.1:{relay.port}/ws?token={self.token}"
@@ -306,6 +315,7 @@ class LiveClient:
                     assert hello["type"] == "connected", hello
                     self.connected.set()
                     deadline = time.monotonic() + self.rng.uniform(1.0, 4.0)
+                    self.sessions.append(f"{relay.port}@{time.monotonic():.1f}")
                     while time.monotonic() < deadline and not self.done.is_set():
                         try:
                             raw = await asyncio.wait_for(ws.recv(), 0.25)
@@ -657,9 +667,29 @@ async def run_chaos(cfg: ChaosConfig, workdir: Path | None = None) -> Report:
                     return False
             return all(set(c.events) >= set(expected[c.merchant]) for c in clients)
 
-        async with asyncio.timeout(cfg.drain_timeout):
-            while not complete():
-                await asyncio.sleep(0.2)
+        def missing() -> str:
+            """What is still missing or unexpected, per target (for a drain that times out)."""
+            out = []
+            for m in merchants:
+                hooks = {int(w.removeprefix("evt_")) for w in receiver.received[m]}
+                pushed = set(push.received[f"sub-{m}"])
+                out.append(
+                    f"{m}: webhooks -{len(set(expected[m]) - hooks)} +{len(hooks - set(expected[m]))}, "
+                    f"push -{len(set(expected[m]) - pushed)} +{len(pushed - set(expected[m]))}"
+                )
+            out += [
+                f"{c.name}: -{len(set(expected[c.merchant]) - set(c.events))} ({' '.join(c.sessions[-12:])})"
+                for c in clients
+            ]
+            out.append(f"relays {[r.port for r in relays]}, writes ended at {last_commit:.1f}")
+            return "; ".join(out)
+
+        try:
+            async with asyncio.timeout(cfg.drain_timeout):
+                while not complete():
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(f"not delivered within {cfg.drain_timeout:g} s: {missing()}") from None
         await asyncio.sleep(1.0)  # let stragglers (duplicates, late pushes) land before counting
         report.drain_seconds = max(receiver.last_delivery, push.last_delivery) - last_commit
 
