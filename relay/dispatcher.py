@@ -38,13 +38,16 @@ from relay.aio import sleep_or_stop, wait_any
 from relay.db import TRANSIENT_ERRORS
 from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
-from relay.quota import AHEAD, Quota
+from relay.quota import AHEAD, HELD, Quota
 from relay.retry import FailureStreak, RetrySchedule, handback_delay, retrying
 from relay.store import Attempt, ClaimRoom, Store
 
 logger = logging.getLogger(__name__)
 
 DestinationKey = tuple[str, int]
+# Attempts that end before the next claim while deliveries in hand still wait for a slot
+# (half a merchant's default send limit: the other half still waits while it runs).
+COALESCE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,10 @@ class Dispatcher:
         self._destinations_quota: Quota[DestinationKey] = Quota(min(per_destination, concurrency))
         self._merchants: Quota[str] = Quota(min(per_merchant, concurrency))
         self._hosts: Quota[str] = Quota(min(per_host, concurrency))
-        self._held: dict[int, Delivery] = {}
+        self._held: dict[int, Delivery] = {}  # leased to this process until recorded
+        self._in_hand = 0  # held and not yet attempted (waiting for a slot, or being sent)
+        self._waiting = 0  # in hand and waiting for a slot
+        self._freed = 0  # attempts ended since the last claim
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -141,12 +147,18 @@ class Dispatcher:
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
             failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
-                room = self._concurrency * AHEAD - len(self._held)
+                # In hand at most AHEAD times the concurrency, as per key (the limits count
+                # what is in hand); held (in hand, or attempted and waiting for its outcome
+                # to be recorded) at most HELD times.
+                room = min(
+                    self._concurrency * AHEAD - self._in_hand, self._concurrency * HELD - len(self._held)
+                )
                 if room <= 0:
                     self._claim_wake.clear()
                     await wait_any(self._claim_wake, stop, timeout=self._poll)
                     continue
                 self._claim_wake.clear()
+                self._freed = 0
                 try:
                     claimed = await self._claim(min(room, self._batch))
                     failures.reset()
@@ -221,6 +233,8 @@ class Dispatcher:
                 continue
             for quota, key in quotas:
                 quota.hold(key)
+            self._in_hand += 1
+            self._waiting += 1
             self._held[delivery.id] = delivery
             kept.append((delivery, event))
         return kept
@@ -236,15 +250,35 @@ class Dispatcher:
         return quotas
 
     async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
+        try:
+            await self._attempt(delivery, event, stop)
+        finally:
+            # The limits count a delivery until its attempt is over; its outcome is recorded
+            # with others a moment later (the row stays leased to this process meanwhile)
+            # while the next deliveries are claimed and sent.
+            self._in_hand -= 1
+            for quota, key in self._quotas(delivery):
+                quota.drop(key)
+            # Claim again once a few slots are free, or at once when nothing in hand is
+            # left waiting for one: claiming after every single attempt would make a
+            # round trip per delivery (a burst then runs at the claim's pace, ~50/s).
+            self._freed += 1
+            if self._waiting == 0 or self._freed >= COALESCE:
+                self._claim_wake.set()
+
+    async def _attempt(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
         destination = self._destinations[delivery.kind]
         log = delivery.log
         try:
             async with contextlib.AsyncExitStack() as slots:
                 # Destination, merchant and host slots first: a delivery waiting for one of
                 # them holds none of the sender's overall concurrency.
-                for quota, key in self._quotas(delivery):
-                    await slots.enter_async_context(quota.slot(key))
-                await slots.enter_async_context(self._sending)
+                try:
+                    for quota, key in self._quotas(delivery):
+                        await slots.enter_async_context(quota.slot(key))
+                    await slots.enter_async_context(self._sending)
+                finally:
+                    self._waiting -= 1
                 if stop.is_set():
                     self._records.put_nowait(_Record(delivery, None, 0.0))
                     return
@@ -333,25 +367,22 @@ class Dispatcher:
                 return
 
     async def _write(self, batch: list[_Record]) -> None:
-        attempts = [
-            Attempt(r.delivery.id, r.state, r.delay, r.status, r.error, r.ms)
-            for r in batch
-            if r.state is not None
-        ]
-        releases = [(r.delivery.id, r.delay) for r in batch if r.state is None]
+        outcomes = [Attempt(r.delivery.id, r.state, r.delay, r.status, r.error, r.ms) for r in batch]
         try:
             await retrying(
-                lambda: self._store.record(attempts, releases, self.worker_id),
+                lambda: self._store.record(outcomes, self.worker_id),
                 what="recording delivery outcomes",
             )
         except asyncpg.PostgresError:
             logger.exception("could not record %d delivery outcomes; their leases will expire", len(batch))
         finally:
+            full = len(self._held) >= self._concurrency * HELD
             for record in batch:
-                if self._held.pop(record.delivery.id, None) is not None:
-                    for quota, key in self._quotas(record.delivery):
-                        quota.drop(key)
-            self._claim_wake.set()
+                self._held.pop(record.delivery.id, None)
+            # Claim again if the held deliveries were what stopped the claims, or if one
+            # recorded here is due again (almost) at once: a retry or a hand-back.
+            if full or any(r.state in (None, "pending") and r.delay < self._poll for r in batch):
+                self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
         """Extend the lease of every delivery still held here."""

@@ -9,11 +9,12 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 AHEAD = 2
+HELD = 16  # attempted deliveries held until their outcome is recorded, per unit of concurrency
 
 
 class Quota(Generic[K]):
-    """Sends in flight per key, at most ``limit``; and the deliveries this process holds per
-    key (claimed and not yet recorded), at most ``cap`` (``AHEAD`` times the limit, so the
+    """Sends in flight per key, at most ``limit``; and the deliveries this process has in hand
+    per key (claimed, attempt not over), at most ``cap`` (``AHEAD`` times the limit, so the
     next ones are claimed while the first are sent). Claims take no more than a key's room."""
 
     def __init__(self, limit: int) -> None:

@@ -89,23 +89,28 @@ WHERE state IN ('pending', 'sending', 'failed')
 GROUP BY 1, 2;
 -- ---------------------------------------------------------------- dispatcher
 
--- name: cursor_lock
-SELECT position FROM relay.cursors WHERE name = $1 FOR UPDATE;
-
 -- name: cursor_create
 INSERT INTO relay.cursors (name, position)
 SELECT $1, last_position FROM relay.sequencer
 ON CONFLICT (name) DO NOTHING;
 
--- name: plan_upto
--- The position of the $2-th sequenced event after position $1 (positions have gaps),
--- or $1 when none is waiting.
-SELECT coalesce(max(position), $1) FROM (
-    SELECT position FROM relay.events
-    WHERE position > $1 AND position IS NOT NULL
-    ORDER BY position
-    LIMIT $2
-) AS next_batch;
+-- name: plan_window
+-- Lock the planning cursor of kind $1 until the transaction ends; its position, the
+-- position of the $2-th sequenced event after it (positions have gaps; the position itself
+-- when none is waiting), and the last position sequenced.
+SELECT c.position,
+       coalesce((
+           SELECT max(position) FROM (
+               SELECT position FROM relay.events
+               WHERE position > c.position AND position IS NOT NULL
+               ORDER BY position
+               LIMIT $2
+           ) AS next_batch
+       ), c.position) AS upto,
+       (SELECT last_position FROM relay.sequencer) AS last
+FROM relay.cursors c
+WHERE c.name = $1
+FOR UPDATE OF c;
 
 -- name: cursor_set
 UPDATE relay.cursors SET position = $2 WHERE name = $1;
@@ -163,26 +168,23 @@ SET locked_until = now() + $3::float8 * interval '1 second', next_attempt_at = n
 WHERE id = ANY ($1::bigint[]) AND locked_by = $2 AND state = 'sending';
 
 -- name: deliveries_record
--- One attempt per row: state, delay before the next one, and what the target answered.
+-- A batch of outcomes in one statement, one row each: an attempt (state $2, the delay $3
+-- before the next one, what the target answered), or a hand-back without using up an
+-- attempt (state NULL: pending again after the delay; shutdown, a database error before
+-- the send, or a target already busy in this process).
 UPDATE relay.deliveries d
-SET state = u.state, attempts = d.attempts + 1,
+SET state = coalesce(u.state, 'pending'),
+    attempts = d.attempts + CASE WHEN u.state IS NULL THEN 0 ELSE 1 END,
     next_attempt_at = now() + u.delay * interval '1 second',
     locked_by = NULL, locked_until = NULL,
-    last_status = u.status, last_error = u.error, last_response_ms = u.ms,
+    last_status = CASE WHEN u.state IS NULL THEN d.last_status ELSE u.status END,
+    last_error = CASE WHEN u.state IS NULL THEN d.last_error ELSE u.error END,
+    last_response_ms = CASE WHEN u.state IS NULL THEN d.last_response_ms ELSE u.ms END,
     completed_at = CASE WHEN u.state IN ('succeeded', 'failed') THEN now() END,
     updated_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::int[])
      AS u(id, state, delay, status, error, ms)
 WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $7;
-
--- name: deliveries_release
--- Hand claimed deliveries back without using up an attempt (shutdown, a database error
--- before the send, or a target already busy in this process).
-UPDATE relay.deliveries d
-SET state = 'pending', next_attempt_at = now() + u.delay * interval '1 second',
-    locked_by = NULL, locked_until = NULL, updated_at = now()
-FROM unnest($1::bigint[], $2::float8[]) AS u(id, delay)
-WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $3;
 
 -- name: deliveries_replay_failed
 -- Give failed deliveries a fresh set of attempts: all of them, or only ids in $1
