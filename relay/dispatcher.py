@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 DestinationKey = tuple[str, int]
 # Attempts that end before the next claim while deliveries in hand still wait for a slot
 # (half a merchant's default send limit: the other half still waits while it runs).
-COALESCE = 16
+COALESCE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +165,9 @@ class Dispatcher:
                 except TRANSIENT_ERRORS as exc:
                     await failures.pause(exc, stop)
                     continue
-                for delivery, event in claimed:
+                for delivery, event, loaded in claimed:
                     task = tasks.create_task(
-                        self._deliver(delivery, event, stop), name=f"delivery-{delivery.id}"
+                        self._deliver(delivery, event, loaded, stop), name=f"delivery-{delivery.id}"
                     )
                     sends.add(task)
                     task.add_done_callback(sends.discard)
@@ -189,8 +189,10 @@ class Dispatcher:
                 logger.warning("stopping with %d delivery outcomes unrecorded", self._records.qsize())
                 recorder.cancel()
 
-    async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
-        kept: list[tuple[Delivery, Event]] = []
+    async def _claim(self, limit: int) -> list[tuple[Delivery, Event, asyncio.Task[None]]]:
+        """Claim up to ``limit`` deliveries; each comes with its batch's read of what its send
+        needs, under way while the next claim runs (each send waits for it)."""
+        kept: list[tuple[Delivery, Event, asyncio.Task[None]]] = []
         try:
             for kind in self._destinations:
                 if len(kept) >= limit:
@@ -205,8 +207,9 @@ class Dispatcher:
                 )
                 claimed = await self._store.claim(kind, limit - len(kept), self.worker_id, self._lease, room)
                 taken = self._take(claimed)
-                kept += taken
-                await self._load(kind, taken)
+                if taken:
+                    loaded = asyncio.create_task(self._load(kind, taken))
+                    kept += [(delivery, event, loaded) for delivery, event in taken]
         except TRANSIENT_ERRORS:
             if not kept:
                 raise
@@ -249,9 +252,11 @@ class Dispatcher:
             quotas.append((self._hosts, delivery.host))
         return quotas
 
-    async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
+    async def _deliver(
+        self, delivery: Delivery, event: Event, loaded: asyncio.Task[None], stop: asyncio.Event
+    ) -> None:
         try:
-            await self._attempt(delivery, event, stop)
+            await self._attempt(delivery, event, loaded, stop)
         finally:
             # The limits count a delivery until its attempt is over; its outcome is recorded
             # with others a moment later (the row stays leased to this process meanwhile)
@@ -260,13 +265,15 @@ class Dispatcher:
             for quota, key in self._quotas(delivery):
                 quota.drop(key)
             # Claim again once a few slots are free, or at once when nothing in hand is
-            # left waiting for one: claiming after every single attempt would make a
-            # round trip per delivery (a burst then runs at the claim's pace, ~50/s).
+            # left waiting for one: a claim after every single attempt takes a row or two
+            # for the price of reading a batch of candidates.
             self._freed += 1
             if self._waiting == 0 or self._freed >= COALESCE:
                 self._claim_wake.set()
 
-    async def _attempt(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
+    async def _attempt(
+        self, delivery: Delivery, event: Event, loaded: asyncio.Task[None], stop: asyncio.Event
+    ) -> None:
         destination = self._destinations[delivery.kind]
         log = delivery.log
         try:
@@ -274,6 +281,7 @@ class Dispatcher:
                 # Destination, merchant and host slots first: a delivery waiting for one of
                 # them holds none of the sender's overall concurrency.
                 try:
+                    await asyncio.shield(loaded)  # the batch's read; it never raises (see _load)
                     for quota, key in self._quotas(delivery):
                         await slots.enter_async_context(quota.slot(key))
                     await slots.enter_async_context(self._sending)

@@ -197,6 +197,9 @@ class Store:
                 room.merchant_cap,
                 json.dumps(room.hosts),
                 room.host_cap,
+                [key for key, n in room.destinations.items() if n >= room.destination_cap],
+                [key for key, n in room.merchants.items() if n >= room.merchant_cap],
+                [key for key, n in room.hosts.items() if n >= room.host_cap],
             )
         claimed = []
         events: dict[int, Event] = {}  # an event's deliveries share one parse of its payload
