@@ -125,8 +125,8 @@ async def test_a_merchants_next_deliveries_are_sent_while_earlier_outcomes_wait_
     store = Store(pool)
     await add_endpoint(store, merchant_id="m1", url="http://127.0.0.1:9/", allow=LOOPBACK)
     destination = RecordedLater(db_url)
-    # One send at a time for the merchant, two in hand: without freeing the slot when an
-    # attempt ends, the third delivery would wait for the first outcome to be recorded.
+    # One send at a time for the merchant, AHEAD in hand: without freeing the slot when an
+    # attempt ends, the deliveries after those would wait for the first outcome to be recorded.
     dispatcher = Dispatcher(
         store, [destination], RetrySchedule.parse("0,100ms"), per_merchant=1, poll_interval=0.1, grace=1.0
     )  # type: ignore[list-item]
