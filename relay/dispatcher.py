@@ -275,44 +275,54 @@ class Dispatcher:
         self, delivery: Delivery, event: Event, loaded: asyncio.Task[None], stop: asyncio.Event
     ) -> None:
         destination = self._destinations[delivery.kind]
-        log = delivery.log
+        held: list[asyncio.Semaphore] = []
         try:
-            async with contextlib.AsyncExitStack() as slots:
+            try:
+                if not loaded.done():
+                    await asyncio.shield(loaded)  # the batch's read; it never raises (see _load)
                 # Destination, merchant and host slots first: a delivery waiting for one of
                 # them holds none of the sender's overall concurrency.
-                try:
-                    await asyncio.shield(loaded)  # the batch's read; it never raises (see _load)
-                    for quota, key in self._quotas(delivery):
-                        await slots.enter_async_context(quota.slot(key))
-                    await slots.enter_async_context(self._sending)
-                finally:
-                    self._waiting -= 1
-                if stop.is_set():
-                    self._records.put_nowait(_Record(delivery, None, 0.0))
-                    return
-                started = time.monotonic()
-                try:
-                    outcome = await destination.send(delivery, event)
-                except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-                    # Nothing was sent: hand it back without using up an attempt.
-                    logger.warning(
-                        "delivery %s not attempted: %s: %s", delivery.id, type(exc).__name__, exc, extra=log
-                    )
-                    self._records.put_nowait(_Record(delivery, None, handback_delay()))
-                    return
-                except Exception as exc:
-                    logger.exception("%s failed on delivery %s", delivery.kind, delivery.id, extra=log)
-                    outcome = Outcome("retry", None, f"internal error: {type(exc).__name__}")
-                elapsed_ms = int((time.monotonic() - started) * 1000)
+                for quota, key in self._quotas(delivery):
+                    slot = quota.slot(key)
+                    await slot.acquire()
+                    held.append(slot)
+                await self._sending.acquire()
+                held.append(self._sending)
+            finally:
+                self._waiting -= 1
+            if stop.is_set():
+                self._records.put_nowait(_Record(delivery, None, 0.0))
+                return
+            started = time.monotonic()
+            try:
+                outcome = await destination.send(delivery, event)
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                # Nothing was sent: hand it back without using up an attempt.
+                logger.warning(
+                    "delivery %s not attempted: %s: %s",
+                    delivery.id,
+                    type(exc).__name__,
+                    exc,
+                    extra=delivery.log,
+                )
+                self._records.put_nowait(_Record(delivery, None, handback_delay()))
+                return
+            except Exception as exc:
+                logger.exception("%s failed on delivery %s", delivery.kind, delivery.id, extra=delivery.log)
+                outcome = Outcome("retry", None, f"internal error: {type(exc).__name__}")
+            elapsed_ms = int((time.monotonic() - started) * 1000)
         except asyncio.CancelledError:
             self._records.put_nowait(_Record(delivery, None, 0.0))
             raise
+        finally:
+            for slot in reversed(held):
+                slot.release()
         if outcome.kind == "gone":
             try:
                 await destination.gone(delivery, outcome)
             except Exception:
                 logger.exception(
-                    "could not mark %s %s gone", delivery.kind, delivery.destination_id, extra=log
+                    "could not mark %s %s gone", delivery.kind, delivery.destination_id, extra=delivery.log
                 )
         self._records.put_nowait(self._decide(delivery, event, outcome, elapsed_ms))
 
