@@ -218,6 +218,9 @@ def checkout(ref: str) -> Iterator[list[str] | None]:
         if made.returncode:
             yield None
             return
+        # This checkout's editable install maps relay.sql to its own sql/: give the old
+        # tree's relay package its own migrations, found first.
+        (tree / "relay" / "sql").symlink_to(tree / "sql")
         try:
             yield ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "relay"]
         finally:
