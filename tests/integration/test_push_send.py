@@ -281,7 +281,9 @@ async def test_a_corrupt_subscription_row_is_a_permanent_failure_not_a_crash(env
     assert await nothing_received(env.service)
 
 
-async def test_a_batchs_sends_to_one_subscription_rewrite_its_row_only_when_something_changes(env: Env) -> None:
+async def test_a_batchs_sends_to_one_subscription_rewrite_its_row_only_when_something_changes(
+    env: Env,
+) -> None:
     sub_id = await env.subscribe(Browser())
     events = [(await env.book(CREATE, f"b{i}", "m1"))[0] for i in range(6)]
     deliveries = await env.plan()
