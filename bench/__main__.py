@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 from bench.common import Row
 from bench.report import RESULTS, markdown, write
@@ -21,6 +22,7 @@ def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     chosen = [a for a in argv if not a.startswith("-")] or list(SUITES)
     rows = []
+    today = datetime.now(UTC).date().isoformat()
     for name in chosen:
         try:
             module = importlib.import_module(f"bench.{name}")
@@ -31,6 +33,7 @@ def main(argv: list[str]) -> int:
         suite_rows = module.run(quick=quick)
         for r in suite_rows:
             r.setdefault("suite", name)
+            r.setdefault("measured", today)
         rows += suite_rows
     if not quick and set(chosen) != set(SUITES):
         rows = merged_with_report(rows, chosen)

@@ -1,18 +1,19 @@
 """Capture modes: what each costs the application's writes, and poll mode's latency and idle cost.
 
 * Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
-  pg_notify-only trigger, and Relay's trigger in notify and in poll mode, with 1 and 8
-  writers, on one durable server; and into "Payment", a table of the same shape attached
-  with `relay attach` (its generated trigger), in both modes. Each round runs every variant
-  back to back (in alternating order) and ratios are taken within a round, then the median.
+  pg_notify-only trigger, Relay's trigger in notify and in poll mode, and the floor of any
+  trigger that makes the change durable (a PL/pgSQL trigger inserting a minimal row into
+  relay.events), with 1 and 8 writers, on one durable server; and into "Payment", a table
+  of the same shape attached with `relay attach` (its generated trigger), in both modes.
+  Each round runs every variant back to back (in alternating order) and ratios are taken
+  within a round, then the median.
   The attached source's cost per row alone, without the commit's fsync (which dominates,
   and swings, the pgbench rates): 1,000-row INSERTs into both tables, interleaved in
   transactions that are rolled back.
 * Trigger parts: PostgreSQL's CPU time per INSERT transaction (1 pgbench writer, from
   /proc, on a server that does not flush), with the trigger built up part by part: the
-  PL/pgSQL call, the row in relay.inbox (heap, then its index), the jsonb payload (the
-  poll-mode trigger); then the same row in relay.events, which has four indexes, and
-  notify mode's trigger. Per
+  PL/pgSQL call, a minimal row in relay.events (its heap tuple and two index entries), the
+  payload (the poll-mode trigger), then notify mode's NOTIFY. Per
   transaction, not per row in a loop: opening a table and its indexes and setting up the
   trigger are paid once per transaction, and they are most of the cost.
 * Poll mode: commit -> /ws client latency against the poll interval, and PostgreSQL's CPU
@@ -79,16 +80,17 @@ VALUES (gen_random_uuid()::text, 'm' || (random() * 3)::int, 'PENDING');
 PAYMENT = """CREATE TABLE "Payment" (id text PRIMARY KEY, "merchantId" text NOT NULL, status text NOT NULL)"""
 PAYMENT_SOURCE = ("Payment", "payment", "merchantId", "id", ["status"], ["status"])
 PAYMENT_SCRIPT = INSERT_SCRIPT.replace('"Booking"', '"Payment"')
-# Trigger bodies for the parts measurement (replacing relay.notify_booking_changes()).
+# Trigger bodies for the parts and the floor (replacing relay.notify_booking_changes()).
 EMPTY_BODY = "BEGIN RETURN NULL; END;"
 ROW_BODY = """BEGIN
-    INSERT INTO relay.{} (channel, merchant_id, payload) VALUES ('booking_created', NEW."merchantId", '{{}}');
+    INSERT INTO relay.events (channel, merchant_id, payload)
+    VALUES ('booking_created', NEW."merchantId", '{}');
     RETURN NULL;
 END;"""
 REPLACE_FUNCTION = (
     "CREATE OR REPLACE FUNCTION relay.notify_booking_changes() RETURNS trigger LANGUAGE plpgsql AS $$ {} $$"
 )
-VARIANTS = ("none", "seed", "notify", "poll", "attached_notify", "attached_poll")
+VARIANTS = ("none", "seed", "notify", "poll", "floor", "attached_notify", "attached_poll")
 
 
 async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
@@ -116,11 +118,8 @@ async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
             await conn.execute('DROP TRIGGER booking_changes_trigger ON "Booking"')
         elif variant == "empty":
             await conn.execute(REPLACE_FUNCTION.format(EMPTY_BODY))
-        elif variant in ("inbox_heap", "inbox_row", "events_row"):
-            table = "events" if variant == "events_row" else "inbox"
-            await conn.execute(REPLACE_FUNCTION.format(ROW_BODY.format(table)))
-            if variant == "inbox_heap":
-                await conn.execute("DROP INDEX relay.inbox_id_idx")
+        elif variant in ("events_row", "floor"):
+            await conn.execute(REPLACE_FUNCTION.format(ROW_BODY))
     finally:
         await conn.close()
     return pg.url_for(name)
@@ -190,6 +189,12 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
                 ">= 0.9" if clients == 1 else ">= 0.8",
             ),
             compared(
+                f"floor of any durable trigger (a minimal row) INSERT rate vs no trigger, {writers}",
+                "floor",
+                "none",
+                "poll mode's ceiling",
+            ),
+            compared(
                 f"attached source trigger INSERT rate vs Relay booking trigger, notify mode, {writers}",
                 "attached_notify",
                 "notify",
@@ -252,7 +257,7 @@ async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1
 
 async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
     """PostgreSQL's CPU per INSERT transaction for each variant of the trigger (1 writer)."""
-    parts = ("no_trigger", "empty", "inbox_heap", "inbox_row", "poll", "events_row", "notify")
+    parts = ("no_trigger", "empty", "events_row", "poll", "notify")
     script = _script(INSERT_SCRIPT)
     for p in parts:
         await make_database(pg, f"parts_{p}", p)
@@ -279,10 +284,8 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
         row("PostgreSQL CPU µs per INSERT transaction, no trigger (1 writer)", us["no_trigger"],
             us["no_trigger"], "", unit="µs"),
         part("the PL/pgSQL trigger call", "empty", "no_trigger"),
-        part("the event row in relay.inbox, heap only", "inbox_heap", "empty"),
-        part("its index entry", "inbox_row", "inbox_heap"),
-        part("the jsonb payload (= the poll-mode trigger)", "poll", "inbox_row"),
-        part("the row in relay.events (4 indexes) instead of relay.inbox", "events_row", "inbox_row"),
+        part("a minimal row in relay.events (heap + 2 index entries)", "events_row", "empty"),
+        part("the payload and eventId (= the poll-mode trigger)", "poll", "events_row"),
         part("notify mode's trigger instead of poll mode's", "notify", "poll"),
     ]  # fmt: skip
 

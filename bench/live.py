@@ -273,6 +273,7 @@ async def measure_latency(writer: Writer, gen: LoadGen, plan: Plan, per_merchant
     return {
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
+        "max": max(latencies, default=float("nan")),
         "delivered": len(latencies) / expected,
         "floor_p50": percentile(floor, 50),
         "floor_p99": percentile(floor, 99),

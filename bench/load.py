@@ -14,6 +14,11 @@ baseline of the latency rows.
 
 Full: 5,000 connections over 50 merchants held for 60 s at 200 events/s. ``--quick``: 500
 connections for 10 s. ``python -m bench.load [--quick]``; ``run(quick) -> rows``.
+
+The full run also holds the same load on the relay as it was before presence existed
+(``BEFORE_PRESENCE``, checked out from this repository's history into a temporary
+worktree, on a database of its own) and reports the p99 against it: presence must cost
+the live path at most 10 %. Both are held in alternation, ``ROUNDS`` times each.
 """
 
 from __future__ import annotations
@@ -21,20 +26,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.common import Row, percentile, row, server
+from bench.common import Row, median, percentile, row, server
 from bench.live import BOOKING, LoadGen, Writer, clients, npm_install, raise_fd_limit, rss_kb, serve
 from relay.store import migrate
 
 NAN = float("nan")
+# main just before presence landed: the relay whose load p99 presence must stay within 10 % of.
+BEFORE_PRESENCE = "3a931a9"
+ROUNDS = 2
+REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -85,10 +98,10 @@ class Tally:
                 self.latencies.append(at - committed)
 
 
-async def hold(plan: Plan, dsn: str) -> dict[str, Any]:
+async def hold(plan: Plan, dsn: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
     merchants = [f"m{i % plan.merchants}" for i in range(plan.connections)]
     per_merchant = Counter(merchants)
-    async with Writer.open(dsn) as writer, serve("relay", dsn) as relay:
+    async with Writer.open(dsn) as writer, serve("relay", dsn, argv=argv) as relay:
         await asyncio.sleep(1)
         idle_rss = rss_kb(relay.pid)
         async with clients("ws", relay.url, merchants, tag=True) as gen:
@@ -181,23 +194,76 @@ def rows(plan: Plan, r: dict[str, Any]) -> list[Row]:
     ]
 
 
-async def run_async(plan: Plan, dsn: str) -> dict[str, Any]:
-    raise_fd_limit()
-    npm_install()
+async def prepare(dsn: str, relay: Sequence[str] | None = None) -> None:
+    """The booking table and the schema: of this checkout, or migrated by ``relay`` (argv)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(BOOKING)
-        await migrate(conn)
+        if relay is None:
+            await migrate(conn)
     finally:
         await conn.close()
-    return await hold(plan, dsn)
+    if relay is not None:
+        subprocess.run([*relay, "migrate"], env={**os.environ, "DATABASE_URL": dsn}, check=True)
+
+
+@contextmanager
+def checkout(ref: str) -> Iterator[list[str] | None]:
+    """The relay command of ``ref`` (this venv, that source tree), or None without history."""
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        tree = Path(tmp) / "tree"
+        made = subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref], capture_output=True
+        )
+        if made.returncode:
+            yield None
+            return
+        # This checkout's editable install maps relay.sql to its own sql/: give the old
+        # tree's relay package its own migrations, found first.
+        (tree / "relay" / "sql").symlink_to(tree / "sql")
+        try:
+            yield ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "relay"]
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+async def run_async(plan: Plan, dsn: str, relay: Sequence[str] | None = None) -> dict[str, Any]:
+    raise_fd_limit()
+    npm_install()
+    await prepare(dsn, relay)
+    return await hold(plan, dsn, None if relay is None else [*relay, "run"])
+
+
+def held(plan: Plan, relay: Sequence[str] | None = None) -> dict[str, Any]:
+    with server() as pg:
+        return asyncio.run(run_async(plan, pg.url, relay))
 
 
 def run(quick: bool = False) -> list[Row]:
     plan = Plan.quick() if quick else Plan()
-    with server() as pg:
-        result = asyncio.run(run_async(plan, pg.url))
-    return rows(plan, result)
+    if quick:
+        return rows(plan, held(plan))
+    with checkout(BEFORE_PRESENCE) as before:
+        if before is None:
+            return rows(plan, held(plan))
+        results, baselines = [], []
+        for _ in range(ROUNDS):
+            results.append(held(plan))
+            baselines.append(held(plan, before))
+    return [*rows(plan, results[0]), presence_cost(plan, results, baselines)]
+
+
+def presence_cost(plan: Plan, results: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> Row:
+    """Median p99 over the rounds, this relay against the one before presence."""
+    relay = median([float(r["p99"]) for r in results])
+    before = median([float(r["p99"]) for r in baselines])
+    return row(
+        f"load: commit->client p99 ms, with presence vs before it ({plan.connections} /ws, "
+        f"median of {len(results)} rounds; baseline: relay at {BEFORE_PRESENCE})",
+        relay,
+        before,
+        "<= 1.10",
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -32,6 +32,14 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def measured(rows: list[Row]) -> str:
+    """When each suite in the report last ran (a run of some suites keeps the others' rows)."""
+    when: dict[str, str] = {}
+    for r in rows:
+        when.setdefault(str(r.get("suite", "?")), str(r.get("measured", "?")))
+    return "Suites measured: " + ", ".join(f"{suite} {day}" for suite, day in when.items()) + "."
+
+
 def print_rows(rows: list[Row]) -> None:
     print(markdown(rows))
 
@@ -43,7 +51,7 @@ def write(rows: list[Row], name: str = "latest") -> Path:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-    text = f"Measured {meta['when']} on {meta['machine']}.\n\n{markdown(rows)}\n"
+    text = f"Written {meta['when']} on {meta['machine']}. {measured(rows)}\n\n{markdown(rows)}\n"
     path = RESULTS / f"{name}.md"
     path.write_text(text)
     return path

@@ -20,13 +20,21 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 
 import asyncpg
 
-from bench.common import percentile
 from bench.common import row as _row
-from bench.live import BOOKING, LoadGen, Row, Writer, clients, npm_install, raise_fd_limit, serve
+from bench.live import (
+    BOOKING,
+    Plan,
+    Row,
+    Writer,
+    clients,
+    measure_latency,
+    npm_install,
+    raise_fd_limit,
+    serve,
+)
 from bench.receiver import free_port, node_receiver
 from bench.webhooks import LOOPBACK
 from relay.embedded import EmbeddedPostgres
@@ -38,37 +46,12 @@ GC_OFF = "import gc, sys; gc.disable(); gc.freeze = lambda: None; sys.argv = ['r
 GC_OFF += "from relay.cli import main; sys.exit(main())"
 
 
-async def measure(writer: Writer, gen: LoadGen, seconds: float) -> dict[str, float]:
-    start = time.monotonic()
-    total = int(RATE * seconds)
-    ids = []
-    for i in range(total):
-        delay = start + i / RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        ids.append(await writer.commit("m0", "tail"))
-    deadline = time.monotonic() + 10
-    while (await gen.ask("count"))["count"] < total and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    records = (await gen.ask("dump"))["records"]
-    latencies = [t - writer.committed[b] for b, t in records if b in writer.committed]
-    floor = [writer.notified[b] - writer.committed[b] for b in ids if b in writer.notified]
-    return {
-        "p50": percentile(latencies, 50),
-        "p99": percentile(latencies, 99),
-        "max": max(latencies),
-        "floor_p50": percentile(floor, 50),
-        "floor_p99": percentile(floor, 99),
-        "received": len(latencies) / total,
-    }
-
-
 async def variant(dsn: str, argv: list[str] | None, seconds: float) -> dict[str, float]:
     os.environ["RELAY_EGRESS_ALLOW"] = "127.0.0.0/8"
     async with Writer.open(dsn) as writer, serve("relay", dsn, argv=argv) as server:
         async with clients("ws", server.url, ["m0"]) as gen:
             await asyncio.sleep(1)
-            return await measure(writer, gen, seconds)
+            return await measure_latency(writer, gen, Plan(merchants=1, rate=RATE, seconds=seconds), 1)
 
 
 async def run_async(seconds: float) -> list[Row]:

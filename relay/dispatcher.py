@@ -38,13 +38,16 @@ from relay.aio import sleep_or_stop, wait_any
 from relay.db import TRANSIENT_ERRORS
 from relay.destinations import Delivery, Destination, Outcome
 from relay.events import Event
-from relay.quota import AHEAD, Quota
+from relay.quota import AHEAD, HELD, Quota
 from relay.retry import FailureStreak, RetrySchedule, handback_delay, retrying
 from relay.store import Attempt, ClaimRoom, Store
 
 logger = logging.getLogger(__name__)
 
 DestinationKey = tuple[str, int]
+# Attempts that end before the next claim while deliveries in hand still wait for a slot
+# (half a merchant's default send limit: the other half still waits while it runs).
+COALESCE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,10 @@ class Dispatcher:
         self._destinations_quota: Quota[DestinationKey] = Quota(min(per_destination, concurrency))
         self._merchants: Quota[str] = Quota(min(per_merchant, concurrency))
         self._hosts: Quota[str] = Quota(min(per_host, concurrency))
-        self._held: dict[int, Delivery] = {}
+        self._held: dict[int, Delivery] = {}  # leased to this process until recorded
+        self._in_hand = 0  # held and not yet attempted (waiting for a slot, or being sent)
+        self._waiting = 0  # in hand and waiting for a slot
+        self._freed = 0  # attempts ended since the last claim
         self._records: asyncio.Queue[_Record | None] = asyncio.Queue()
 
     # ------------------------------------------------------------------ planning
@@ -141,21 +147,27 @@ class Dispatcher:
             tasks.create_task(self._renew_loop(stop), name="relay-dispatch-lease")
             failures = FailureStreak("cannot claim deliveries")
             while not stop.is_set():
-                room = self._concurrency * AHEAD - len(self._held)
+                # In hand at most AHEAD times the concurrency, as per key (the limits count
+                # what is in hand); held (in hand, or attempted and waiting for its outcome
+                # to be recorded) at most HELD times.
+                room = min(
+                    self._concurrency * AHEAD - self._in_hand, self._concurrency * HELD - len(self._held)
+                )
                 if room <= 0:
                     self._claim_wake.clear()
                     await wait_any(self._claim_wake, stop, timeout=self._poll)
                     continue
                 self._claim_wake.clear()
+                self._freed = 0
                 try:
                     claimed = await self._claim(min(room, self._batch))
                     failures.reset()
                 except TRANSIENT_ERRORS as exc:
                     await failures.pause(exc, stop)
                     continue
-                for delivery, event in claimed:
+                for delivery, event, loaded in claimed:
                     task = tasks.create_task(
-                        self._deliver(delivery, event, stop), name=f"delivery-{delivery.id}"
+                        self._deliver(delivery, event, loaded, stop), name=f"delivery-{delivery.id}"
                     )
                     sends.add(task)
                     task.add_done_callback(sends.discard)
@@ -177,8 +189,10 @@ class Dispatcher:
                 logger.warning("stopping with %d delivery outcomes unrecorded", self._records.qsize())
                 recorder.cancel()
 
-    async def _claim(self, limit: int) -> list[tuple[Delivery, Event]]:
-        kept: list[tuple[Delivery, Event]] = []
+    async def _claim(self, limit: int) -> list[tuple[Delivery, Event, asyncio.Task[None]]]:
+        """Claim up to ``limit`` deliveries; each comes with its batch's read of what its send
+        needs, under way while the next claim runs (each send waits for it)."""
+        kept: list[tuple[Delivery, Event, asyncio.Task[None]]] = []
         try:
             for kind in self._destinations:
                 if len(kept) >= limit:
@@ -193,8 +207,9 @@ class Dispatcher:
                 )
                 claimed = await self._store.claim(kind, limit - len(kept), self.worker_id, self._lease, room)
                 taken = self._take(claimed)
-                kept += taken
-                await self._load(kind, taken)
+                if taken:
+                    loaded = asyncio.create_task(self._load(kind, taken))
+                    kept += [(delivery, event, loaded) for delivery, event in taken]
         except TRANSIENT_ERRORS:
             if not kept:
                 raise
@@ -221,6 +236,8 @@ class Dispatcher:
                 continue
             for quota, key in quotas:
                 quota.hold(key)
+            self._in_hand += 1
+            self._waiting += 1
             self._held[delivery.id] = delivery
             kept.append((delivery, event))
         return kept
@@ -235,42 +252,77 @@ class Dispatcher:
             quotas.append((self._hosts, delivery.host))
         return quotas
 
-    async def _deliver(self, delivery: Delivery, event: Event, stop: asyncio.Event) -> None:
-        destination = self._destinations[delivery.kind]
-        log = delivery.log
+    async def _deliver(
+        self, delivery: Delivery, event: Event, loaded: asyncio.Task[None], stop: asyncio.Event
+    ) -> None:
         try:
-            async with contextlib.AsyncExitStack() as slots:
+            await self._attempt(delivery, event, loaded, stop)
+        finally:
+            # The limits count a delivery until its attempt is over; its outcome is recorded
+            # with others a moment later (the row stays leased to this process meanwhile)
+            # while the next deliveries are claimed and sent.
+            self._in_hand -= 1
+            for quota, key in self._quotas(delivery):
+                quota.drop(key)
+            # Claim again once a few slots are free, or at once when nothing in hand is
+            # left waiting for one: a claim after every single attempt takes a row or two
+            # for the price of reading a batch of candidates.
+            self._freed += 1
+            if self._waiting == 0 or self._freed >= COALESCE:
+                self._claim_wake.set()
+
+    async def _attempt(
+        self, delivery: Delivery, event: Event, loaded: asyncio.Task[None], stop: asyncio.Event
+    ) -> None:
+        destination = self._destinations[delivery.kind]
+        held: list[asyncio.Semaphore] = []
+        try:
+            try:
+                if not loaded.done():
+                    await asyncio.shield(loaded)  # the batch's read; it never raises (see _load)
                 # Destination, merchant and host slots first: a delivery waiting for one of
                 # them holds none of the sender's overall concurrency.
                 for quota, key in self._quotas(delivery):
-                    await slots.enter_async_context(quota.slot(key))
-                await slots.enter_async_context(self._sending)
-                if stop.is_set():
-                    self._records.put_nowait(_Record(delivery, None, 0.0))
-                    return
-                started = time.monotonic()
-                try:
-                    outcome = await destination.send(delivery, event)
-                except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-                    # Nothing was sent: hand it back without using up an attempt.
-                    logger.warning(
-                        "delivery %s not attempted: %s: %s", delivery.id, type(exc).__name__, exc, extra=log
-                    )
-                    self._records.put_nowait(_Record(delivery, None, handback_delay()))
-                    return
-                except Exception as exc:
-                    logger.exception("%s failed on delivery %s", delivery.kind, delivery.id, extra=log)
-                    outcome = Outcome("retry", None, f"internal error: {type(exc).__name__}")
-                elapsed_ms = int((time.monotonic() - started) * 1000)
+                    slot = quota.slot(key)
+                    await slot.acquire()
+                    held.append(slot)
+                await self._sending.acquire()
+                held.append(self._sending)
+            finally:
+                self._waiting -= 1
+            if stop.is_set():
+                self._records.put_nowait(_Record(delivery, None, 0.0))
+                return
+            started = time.monotonic()
+            try:
+                outcome = await destination.send(delivery, event)
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                # Nothing was sent: hand it back without using up an attempt.
+                logger.warning(
+                    "delivery %s not attempted: %s: %s",
+                    delivery.id,
+                    type(exc).__name__,
+                    exc,
+                    extra=delivery.log,
+                )
+                self._records.put_nowait(_Record(delivery, None, handback_delay()))
+                return
+            except Exception as exc:
+                logger.exception("%s failed on delivery %s", delivery.kind, delivery.id, extra=delivery.log)
+                outcome = Outcome("retry", None, f"internal error: {type(exc).__name__}")
+            elapsed_ms = int((time.monotonic() - started) * 1000)
         except asyncio.CancelledError:
             self._records.put_nowait(_Record(delivery, None, 0.0))
             raise
+        finally:
+            for slot in reversed(held):
+                slot.release()
         if outcome.kind == "gone":
             try:
                 await destination.gone(delivery, outcome)
             except Exception:
                 logger.exception(
-                    "could not mark %s %s gone", delivery.kind, delivery.destination_id, extra=log
+                    "could not mark %s %s gone", delivery.kind, delivery.destination_id, extra=delivery.log
                 )
         self._records.put_nowait(self._decide(delivery, event, outcome, elapsed_ms))
 
@@ -333,25 +385,22 @@ class Dispatcher:
                 return
 
     async def _write(self, batch: list[_Record]) -> None:
-        attempts = [
-            Attempt(r.delivery.id, r.state, r.delay, r.status, r.error, r.ms)
-            for r in batch
-            if r.state is not None
-        ]
-        releases = [(r.delivery.id, r.delay) for r in batch if r.state is None]
+        outcomes = [Attempt(r.delivery.id, r.state, r.delay, r.status, r.error, r.ms) for r in batch]
         try:
             await retrying(
-                lambda: self._store.record(attempts, releases, self.worker_id),
+                lambda: self._store.record(outcomes, self.worker_id),
                 what="recording delivery outcomes",
             )
         except asyncpg.PostgresError:
             logger.exception("could not record %d delivery outcomes; their leases will expire", len(batch))
         finally:
+            full = len(self._held) >= self._concurrency * HELD
             for record in batch:
-                if self._held.pop(record.delivery.id, None) is not None:
-                    for quota, key in self._quotas(record.delivery):
-                        quota.drop(key)
-            self._claim_wake.set()
+                self._held.pop(record.delivery.id, None)
+            # Claim again if the held deliveries were what stopped the claims, or if one
+            # recorded here is due again (almost) at once: a retry or a hand-back.
+            if full or any(r.state in (None, "pending") and r.delay < self._poll for r in batch):
+                self._claim_wake.set()
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
         """Extend the lease of every delivery still held here."""

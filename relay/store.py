@@ -58,10 +58,11 @@ def _count(status: str) -> int:
 
 
 class Attempt(NamedTuple):
-    """One recorded delivery attempt: the row's next state and what the destination answered."""
+    """One recorded outcome: the row's next state and what the destination answered; state
+    None hands the delivery back (pending after ``delay``) without using up an attempt."""
 
     delivery_id: int
-    state: str
+    state: str | None
     delay: float
     status: int | None
     error: str | None
@@ -166,12 +167,11 @@ class Store:
         async with self._conn() as conn:
             for kind in kinds:
                 async with conn.transaction():
-                    position = await conn.fetchval(q("cursor_lock"), kind)
-                    if position is None:  # removed meanwhile
+                    window = await conn.fetchrow(q("plan_window"), kind, batch)
+                    if window is None:  # removed meanwhile
                         await conn.execute(q("cursor_create"), kind)
-                        position = await conn.fetchval(q("cursor_lock"), kind)
-                    last = int(await conn.fetchval(q("max_position")))
-                    upto = int(await conn.fetchval(q("plan_upto"), position, batch))
+                        window = await conn.fetchrow(q("plan_window"), kind, batch)
+                    position, upto, last = int(window["position"]), int(window["upto"]), int(window["last"])
                     if upto <= position:
                         continue
                     status = await conn.execute(q(f"{kind}_plan"), position, upto)
@@ -197,10 +197,13 @@ class Store:
                 room.merchant_cap,
                 json.dumps(room.hosts),
                 room.host_cap,
+                [key for key, n in room.destinations.items() if n >= room.destination_cap],
+                [key for key, n in room.merchants.items() if n >= room.merchant_cap],
+                [key for key, n in room.hosts.items() if n >= room.host_cap],
             )
         claimed = []
+        events: dict[int, Event] = {}  # an event's deliveries share one parse of its payload
         for row in rows:
-            payload = row["payload"]
             delivery = Delivery(
                 id=row["id"],
                 event_id=row["event_id"],
@@ -210,29 +213,27 @@ class Store:
                 attempts=row["attempts"],
                 host=row["destination"],
             )
-            event = Event(
-                position=row["event_position"],
-                id=row["event_id"],
-                channel=row["event_channel"],
-                merchant_id=row["event_merchant_id"],
-                data=json.loads(payload) if isinstance(payload, str) else payload,
-                created_at=row["created_at"],
-            )
+            event = events.get(delivery.event_id)
+            if event is None:
+                payload = row["payload"]
+                event = events[delivery.event_id] = Event(
+                    position=row["event_position"],
+                    id=row["event_id"],
+                    channel=row["event_channel"],
+                    merchant_id=row["event_merchant_id"],
+                    data=json.loads(payload) if isinstance(payload, str) else payload,
+                    created_at=row["created_at"],
+                )
             claimed.append((delivery, event))
         return claimed
 
-    async def record(
-        self, attempts: Sequence[Attempt], releases: Sequence[tuple[int, float]], worker: str
-    ) -> None:
-        """Write attempts and hand back released deliveries ((id, delay)), in one transaction."""
-        async with self._conn() as conn, conn.transaction():
-            if attempts:
-                columns = list(zip(*attempts, strict=True))
-                await conn.execute(q("deliveries_record"), *(list(c) for c in columns), worker)
-            if releases:
-                await conn.execute(
-                    q("deliveries_release"), [r[0] for r in releases], [r[1] for r in releases], worker
-                )
+    async def record(self, outcomes: Sequence[Attempt], worker: str) -> None:
+        """Write a batch of outcomes in one statement: attempts, and hand-backs (state None)."""
+        if not outcomes:
+            return
+        columns = list(zip(*outcomes, strict=True))
+        async with self._conn() as conn:
+            await conn.execute(q("deliveries_record"), *(list(c) for c in columns), worker)
 
     async def renew(self, delivery_ids: Sequence[int], worker: str, lease: float) -> None:
         async with self._conn() as conn:

@@ -5,15 +5,15 @@
 --
 -- The payloads are built by PostgreSQL with the very SQL of the poll-mode trigger function:
 -- each source also has a wal function, relay.wal_<entity>(), whose body is the poll-mode
--- body taken from the generator, run on NEW and OLD rows rebuilt from the decoded text
--- values (a row literal cast to the table's type: every column goes through its type's
--- input function, as the values came out of its output function). It writes the same
--- relay.inbox row, plus the change's LSN; the sequencer moves it into relay.events with its
--- eventId and position, as in poll mode. A change recorded twice (the relay process died
--- after its commit but before the slot moved on) is refused by the unique (wal_lsn,
--- wal_part): wal_part numbers the changes of one WAL record (COPY writes several rows in one).
+-- body taken from the generator (when a source is installed, so after every migration),
+-- run on NEW and OLD rows rebuilt from the decoded text values (a row literal cast to the
+-- table's type: every column goes through its type's input function, as the values came
+-- out of its output function). It writes the same relay.events row, plus the change's LSN;
+-- the sequencer gives it its position, as in poll mode. A change already recorded (the
+-- relay process died after its commit but before the slot moved on) is skipped, and the
+-- unique (wal_lsn, wal_part) guarantees it: wal_part numbers the changes of one WAL record
+-- (COPY writes several rows in one).
 
-ALTER TABLE relay.inbox ADD COLUMN wal_lsn pg_lsn, ADD COLUMN wal_part integer;
 ALTER TABLE relay.events ADD COLUMN wal_lsn pg_lsn, ADD COLUMN wal_part integer;
 CREATE UNIQUE INDEX events_wal_idx ON relay.events (wal_lsn, wal_part) WHERE wal_lsn IS NOT NULL;
 
@@ -56,7 +56,7 @@ $$;
 
 -- One source's wal function: the poll-mode trigger function's body (the literal its
 -- generator quoted, evaluated), with NEW and OLD declared from text and the LSN written
--- into the inbox row. Text parameters, not the table's type: a function taking the
+-- into the relay.events row. Text parameters, not the table's type: a function taking the
 -- table's type would stop the application from dropping its table.
 CREATE FUNCTION relay.wal_function_sql(s relay.sources)
 RETURNS text
@@ -70,8 +70,9 @@ BEGIN
     EXECUTE 'SELECT ' || substr(v_create, strpos(v_create, v_marker) + length(v_marker)) INTO v_body;
     v_body := regexp_replace(v_body, '^\s*DECLARE', '');
     v_body := regexp_replace(v_body,
-        'INSERT INTO relay\.inbox \(channel, merchant_id, payload\)(\s+)VALUES \(',
-        'INSERT INTO relay.inbox (wal_lsn, wal_part, channel, merchant_id, payload)\1VALUES (p_lsn, p_part, ',
+        'INSERT INTO relay\.events \(id, channel, merchant_id, booking_id, payload\)(\s+)VALUES \(',
+        'INSERT INTO relay.events (wal_lsn, wal_part, id, channel, merchant_id, booking_id, payload)'
+        '\1VALUES (p_lsn, p_part, ',
         'g');
     IF array_length(regexp_split_to_array(v_body, 'VALUES \(p_lsn, p_part, '), 1) <> 4 THEN
         RAISE EXCEPTION 'relay.wal_function_sql: the poll-mode body of % changed shape', s.entity;
@@ -148,9 +149,9 @@ BEGIN
 END;
 $$;
 
--- (Re)install one source for the current mode: its wal function and the dispatcher always
--- (cheap, and ready for a switch), then in wal mode its table in the publication and no
--- trigger, in the other modes 0009's trigger function and trigger.
+-- (Re)install one source for the current mode: the dispatcher always; in wal mode its wal
+-- function, its table in the publication and no trigger; in the other modes 0009's trigger
+-- function and trigger (its wal function, if any, stays until it is next written).
 CREATE OR REPLACE FUNCTION relay.install_source(p_entity text)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -161,7 +162,6 @@ DECLARE
     v_function text;
 BEGIN
     SELECT * INTO STRICT s FROM relay.sources WHERE entity = p_entity;
-    EXECUTE relay.wal_function_sql(s);
     PERFORM relay.install_wal_dispatch();
     IF s.entity = 'booking' THEN
         v_trigger := 'booking_changes_trigger';
@@ -171,6 +171,7 @@ BEGIN
         v_function := 'source_' || s.entity;
     END IF;
     IF v_mode = 'wal' THEN
+        EXECUTE relay.wal_function_sql(s);
         IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = s.table_oid AND tgname = v_trigger) THEN
             EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, s.table_oid);
         END IF;
@@ -289,73 +290,26 @@ BEGIN
 END;
 $$;
 
--- 0009's sequencer, carrying the LSN of what wal mode wrote into relay.inbox, and refusing
--- a change already recorded. Positions go up by the whole batch, refused rows included.
-CREATE OR REPLACE FUNCTION relay.sequence_events(max_rows integer DEFAULT 10000)
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_base  bigint;
-    v_count bigint;
-    v_last  bigint;
-BEGIN
-    SET LOCAL synchronous_commit = off;
-    PERFORM pg_advisory_xact_lock(hashtext('relay.sequencer'));
-    SELECT greatest(last_position, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-    INTO v_base FROM relay.sequencer;
-    WITH waiting AS (
-        (SELECT i.id, true AS inbox FROM relay.inbox i ORDER BY i.id LIMIT max_rows)
-        UNION ALL
-        (SELECT e.id, false FROM relay.events e WHERE e.position IS NULL ORDER BY e.id LIMIT max_rows)
-    ), batch AS (
-        SELECT id, inbox, v_base + row_number() OVER (ORDER BY id) AS position
-        FROM waiting ORDER BY id LIMIT max_rows
-    ), moved AS (
-        DELETE FROM relay.inbox i USING batch b WHERE b.inbox AND i.id = b.id
-        RETURNING i.id, i.channel, i.merchant_id, i.payload, i.created_at, i.wal_lsn, i.wal_part, b.position
-    ), inserted AS (
-        INSERT INTO relay.events (id, channel, merchant_id, payload, created_at, position, wal_lsn, wal_part)
-        SELECT id, channel, merchant_id, payload || jsonb_build_object('eventId', id), created_at, position,
-               wal_lsn, wal_part
-        FROM moved
-        ON CONFLICT (wal_lsn, wal_part) WHERE wal_lsn IS NOT NULL DO NOTHING
-        RETURNING 1
-    ), updated AS (
-        UPDATE relay.events e SET position = b.position
-        FROM batch b WHERE NOT b.inbox AND e.id = b.id
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM inserted) + (SELECT count(*) FROM updated), (SELECT max(position) FROM batch)
-    INTO v_count, v_last;
-    IF v_last IS NOT NULL THEN
-        UPDATE relay.sequencer SET last_position = v_last;
-    END IF;
-    RETURN v_count;
-END;
-$$;
-
--- The wal reader's pass, in its one transaction: every decoded change (in commit order)
--- through its source's wal function, then the poller's sequencing and wake-up. Returns how
--- many events it sequenced.
+-- The wal reader's pass, in its one transaction: every decoded change not yet recorded (in
+-- commit order) through its source's wal function, then the poller's sequencing and
+-- wake-up. Returns how many events it sequenced.
 CREATE FUNCTION relay.wal_record(p_relids oid[], p_ops text[], p_new text[], p_old text[],
                                  p_lsns pg_lsn[], p_parts integer[])
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- The calls in the outer query, over a sorted subquery: in commit order, whatever plan
+    -- the skip of recorded changes gets.
     PERFORM count(relay.wal_change(c.relid, c.op, c.new, c.old, c.lsn, c.part))
-    FROM unnest(p_relids, p_ops, p_new, p_old, p_lsns, p_parts) AS c(relid, op, new, old, lsn, part);
+    FROM (SELECT u.* FROM unnest(p_relids, p_ops, p_new, p_old, p_lsns, p_parts) WITH ORDINALITY
+                          AS u(relid, op, new, old, lsn, part, n)
+          WHERE NOT EXISTS (SELECT 1 FROM relay.events e WHERE e.wal_lsn = u.lsn AND e.wal_part = u.part)
+          ORDER BY u.n) c;
     RETURN relay.poll_events(greatest(cardinality(p_relids), 10000));
 END;
 $$;
 
--- The wal functions of the sources attached so far (their triggers stay as they are).
-DO $$
-DECLARE
-    s relay.sources;
-BEGIN
-    FOR s IN SELECT * FROM relay.sources ORDER BY entity LOOP
-        EXECUTE relay.wal_function_sql(s);
-    END LOOP;
-    PERFORM relay.install_wal_dispatch();
-END;
-$$;
+-- The dispatcher for the sources attached so far. Their wal functions are written when a
+-- source is installed in wal mode (`relay capture wal`, and then `relay attach` and `relay
+-- migrate`), from the generators as the later migrations leave them.
+SELECT relay.install_wal_dispatch();

@@ -89,23 +89,28 @@ WHERE state IN ('pending', 'sending', 'failed')
 GROUP BY 1, 2;
 -- ---------------------------------------------------------------- dispatcher
 
--- name: cursor_lock
-SELECT position FROM relay.cursors WHERE name = $1 FOR UPDATE;
-
 -- name: cursor_create
 INSERT INTO relay.cursors (name, position)
 SELECT $1, last_position FROM relay.sequencer
 ON CONFLICT (name) DO NOTHING;
 
--- name: plan_upto
--- The position of the $2-th sequenced event after position $1 (positions have gaps),
--- or $1 when none is waiting.
-SELECT coalesce(max(position), $1) FROM (
-    SELECT position FROM relay.events
-    WHERE position > $1 AND position IS NOT NULL
-    ORDER BY position
-    LIMIT $2
-) AS next_batch;
+-- name: plan_window
+-- Lock the planning cursor of kind $1 until the transaction ends; its position, the
+-- position of the $2-th sequenced event after it (positions have gaps; the position itself
+-- when none is waiting), and the last position sequenced.
+SELECT c.position,
+       coalesce((
+           SELECT max(position) FROM (
+               SELECT position FROM relay.events
+               WHERE position > c.position AND position IS NOT NULL
+               ORDER BY position
+               LIMIT $2
+           ) AS next_batch
+       ), c.position) AS upto,
+       (SELECT last_position FROM relay.sequencer) AS last
+FROM relay.cursors c
+WHERE c.name = $1
+FOR UPDATE OF c;
 
 -- name: cursor_set
 UPDATE relay.cursors SET position = $2 WHERE name = $1;
@@ -114,29 +119,31 @@ UPDATE relay.cursors SET position = $2 WHERE name = $1;
 -- Due deliveries of destination kind $1 (column channel; target_id is the destination),
 -- at most $2, within what this process may still hold:
 -- per destination $6, per merchant $8 and per host $10 (column destination), less what it already
--- holds ($5, $7, $9: JSON objects key -> count). So one merchant's or one host's backlog
--- cannot crowd out the others; what is over stays unclaimed and due. A claim is a lease:
--- next_attempt_at moves to its end, so a delivery held by a process that died becomes due
--- again by itself. The outer conditions are re-checked on the locked row version
--- (another process may have claimed it meanwhile).
+-- holds ($5, $7, $9: JSON objects key -> count; $11, $12, $13: the keys already at their cap).
+-- So one merchant's or one host's backlog cannot crowd out the others; what is over stays
+-- unclaimed and due. The keys at their cap are skipped while the due index is read in
+-- order (a list, which the planner estimates as letting most rows through: it reads the
+-- index and stops early instead of scanning and sorting a burst's whole backlog); the
+-- counts apply to the few candidates read. A claim is a lease: next_attempt_at moves to
+-- its end, so a delivery held by a process that died becomes due again by itself. The
+-- outer conditions are re-checked on the locked row version (another process may have
+-- claimed it meanwhile).
 WITH candidates AS (
-    SELECT id, destination, target_held, merchant_held, host_held,
+    SELECT id, destination,
+           coalesce(($5::jsonb ->> target_id::text)::int, 0) AS target_held,
+           coalesce(($7::jsonb ->> coalesce(merchant_id, ''))::int, 0) AS merchant_held,
+           coalesce(($9::jsonb ->> destination)::int, 0) AS host_held,
            row_number() OVER (PARTITION BY target_id ORDER BY next_attempt_at, id) AS by_target,
            row_number() OVER (PARTITION BY merchant_id ORDER BY next_attempt_at, id) AS by_merchant,
            row_number() OVER (PARTITION BY destination ORDER BY next_attempt_at, id) AS by_host
     FROM (
-        SELECT *
-        FROM (
-            SELECT id, target_id, merchant_id, destination, next_attempt_at,
-                   coalesce(($5::jsonb ->> target_id::text)::int, 0) AS target_held,
-                   coalesce(($7::jsonb ->> coalesce(merchant_id, ''))::int, 0) AS merchant_held,
-                   coalesce(($9::jsonb ->> destination)::int, 0) AS host_held
-            FROM relay.deliveries
-            WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
-        ) due
-        WHERE target_held < $6 AND merchant_held < $8 AND (destination IS NULL OR host_held < $10)
+        SELECT id, target_id, merchant_id, destination, next_attempt_at
+        FROM relay.deliveries
+        WHERE channel = $1 AND state IN ('pending', 'sending') AND next_attempt_at <= now()
+          AND target_id <> ALL ($11::bigint[]) AND coalesce(merchant_id, '') <> ALL ($12::text[])
+          AND (destination IS NULL OR destination <> ALL ($13::text[]))
         ORDER BY next_attempt_at
-        LIMIT $2::int * 10
+        LIMIT $2::int * 4
     ) allowed
 ), picked AS (
     SELECT d.id
@@ -163,26 +170,23 @@ SET locked_until = now() + $3::float8 * interval '1 second', next_attempt_at = n
 WHERE id = ANY ($1::bigint[]) AND locked_by = $2 AND state = 'sending';
 
 -- name: deliveries_record
--- One attempt per row: state, delay before the next one, and what the target answered.
+-- A batch of outcomes in one statement, one row each: an attempt (state $2, the delay $3
+-- before the next one, what the target answered), or a hand-back without using up an
+-- attempt (state NULL: pending again after the delay; shutdown, a database error before
+-- the send, or a target already busy in this process).
 UPDATE relay.deliveries d
-SET state = u.state, attempts = d.attempts + 1,
+SET state = coalesce(u.state, 'pending'),
+    attempts = d.attempts + CASE WHEN u.state IS NULL THEN 0 ELSE 1 END,
     next_attempt_at = now() + u.delay * interval '1 second',
     locked_by = NULL, locked_until = NULL,
-    last_status = u.status, last_error = u.error, last_response_ms = u.ms,
+    last_status = CASE WHEN u.state IS NULL THEN d.last_status ELSE u.status END,
+    last_error = CASE WHEN u.state IS NULL THEN d.last_error ELSE u.error END,
+    last_response_ms = CASE WHEN u.state IS NULL THEN d.last_response_ms ELSE u.ms END,
     completed_at = CASE WHEN u.state IN ('succeeded', 'failed') THEN now() END,
     updated_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::int[])
      AS u(id, state, delay, status, error, ms)
 WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $7;
-
--- name: deliveries_release
--- Hand claimed deliveries back without using up an attempt (shutdown, a database error
--- before the send, or a target already busy in this process).
-UPDATE relay.deliveries d
-SET state = 'pending', next_attempt_at = now() + u.delay * interval '1 second',
-    locked_by = NULL, locked_until = NULL, updated_at = now()
-FROM unnest($1::bigint[], $2::float8[]) AS u(id, delay)
-WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $3;
 
 -- name: deliveries_replay_failed
 -- Give failed deliveries a fresh set of attempts: all of them, or only ids in $1

@@ -30,7 +30,8 @@ DEFAULT_TTL = 24 * 3600  # seconds a push service keeps a message for an offline
 PER_ORIGIN = 64
 SEND_TIMEOUT = 15.0  # seconds a push service has to answer, however it trickles
 _RETRY_STATUSES = frozenset({408, 425, 429})
-LOADED_SECONDS = 2.0  # a subscription read with its batch is used if its send starts within this
+LOADED_SECONDS = 2.0  # a subscription read with its batch is used by sends starting within this
+RECENT_SUCCESS = 60.0  # seconds a recorded success stands for the next ones (last_success_at's accuracy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +150,11 @@ class WebPushDestination:
     def __init__(self, store: Store, sender: WebPushSender) -> None:
         self._store = store
         self.sender = sender
-        # Rows read for a claimed batch (with when), each used once by its delivery's send.
+        # Rows read for a claimed batch (with when), used by its sends (a batch often holds
+        # several events for one subscription); dropped when the subscription is gone.
         self._loaded: dict[int, tuple[float, asyncpg.Record | None]] = {}
+        # The last attempt this process recorded per subscription: (success, when).
+        self._recorded: dict[int, tuple[bool, float]] = {}
 
     async def load(self, deliveries: Sequence[Delivery]) -> None:
         """Read the subscriptions of a claimed batch in one query."""
@@ -164,7 +168,7 @@ class WebPushDestination:
 
     async def send(self, delivery: Delivery, event: Event) -> Outcome:
         log = {**delivery.log, "subscription_id": delivery.destination_id}
-        loaded = self._loaded.pop(delivery.destination_id, None)
+        loaded = self._loaded.get(delivery.destination_id)
         if loaded is not None and loaded[0] > time.monotonic() - LOADED_SECONDS:
             row = loaded[1]
         else:
@@ -184,12 +188,22 @@ class WebPushDestination:
         elif outcome.kind != "success":
             logger.info("push %s: %s", outcome.kind, outcome.detail, extra=log)
         success = outcome.kind == "success"
-        # A steady stream of successes would rewrite the same row on every send: record
-        # a success only when it changes something (a failure streak ends) or at most
-        # once a minute (last_success_at is then accurate to the minute).
-        if not (success and row["failure_count"] == 0 and row["recent_success"]):
+        if self._needs_record(row, success):
             await self._record(subscription.id, success)
         return outcome
+
+    def _needs_record(self, row: asyncpg.Record, success: bool) -> bool:
+        """A steady stream of successes would rewrite the same row on every send: record a
+        success only when it changes something (a failure streak ends) or at most once a
+        minute (last_success_at is then accurate to the minute). What this process recorded
+        last is newer than a row read with a batch."""
+        if not success:
+            return True
+        recorded = self._recorded.get(row["id"])
+        if recorded is not None:
+            last_success, at = recorded
+            return not (last_success and time.monotonic() - at < RECENT_SUCCESS)
+        return not (row["failure_count"] == 0 and row["recent_success"])
 
     async def gone(self, delivery: Delivery, outcome: Outcome) -> None:
         subscription_id = delivery.destination_id
@@ -199,6 +213,7 @@ class WebPushDestination:
             outcome.detail,
             extra={**delivery.log, "subscription_id": subscription_id},
         )
+        self._loaded.pop(subscription_id, None)  # the next sends read it again (and stop)
         await retrying(
             lambda: self._store.subscription_gone(subscription_id, delivery.id),
             what="marking a push subscription gone",
@@ -212,6 +227,9 @@ class WebPushDestination:
                 lambda: self._store.subscription_sent(subscription_id, success),
                 what="recording a push attempt",
             )
+            if len(self._recorded) > 10_000:
+                self._recorded.clear()
+            self._recorded[subscription_id] = (success, time.monotonic())
         except asyncpg.PostgresError as exc:
             logger.warning(
                 "could not record push attempt on subscription %s: %s",

@@ -113,12 +113,13 @@ async def test_poll_mode_writes_the_same_events_without_any_notify(db_url: str, 
         await lifecycle(db_url, table, key, merchant)
         await nothing(notified)
 
-        assert await listener.fetchval("SELECT count(*) FROM relay.events") == 3
-        assert await listener.fetchval("SELECT count(*) FROM relay.inbox") == 3  # durable, unsequenced
+        # Durable in relay.events at the writer's commit, as in notify mode; not yet sequenced.
+        assert await listener.fetchval("SELECT count(*) FROM relay.events") == 6
+        assert await listener.fetchval("SELECT count(*) FROM relay.events WHERE position IS NULL") == 3
         woken = await listen(listener, WAKE_CHANNEL)
         assert await poll(listener) == 3
         assert await asyncio.wait_for(woken.get(), 5) == (WAKE_CHANNEL, 3)  # one wake-up per batch
-        assert await listener.fetchval("SELECT count(*) FROM relay.inbox") == 0
+        assert await listener.fetchval("SELECT count(*) FROM relay.events WHERE position IS NULL") == 0
         rows = await listener.fetch("SELECT id, channel, merchant_id, payload FROM relay.events ORDER BY id")
         notify_rows, poll_rows = rows[:3], rows[3:]
         for made in (notify_rows, poll_rows):  # the same rows and payloads, eventId included
@@ -242,3 +243,36 @@ async def test_in_poll_mode_an_event_that_commits_later_is_sequenced_later_whate
     finally:
         for conn in (older, newer, poller):
             await conn.close()
+
+
+async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_writes_events(
+    blank_db: str,
+) -> None:
+    """0009 wrote poll-mode rows into relay.inbox; after 0014 new rows go to relay.events,
+    and what waited in the inbox is still sequenced, once, with its eventId."""
+    conn = await asyncpg.connect(blank_db)
+    try:
+        await conn.execute(BOOKING_TABLE)
+        async with conn.transaction():
+            await conn.execute(q("migrations_table"))
+            for name, text in migration_files():
+                if name >= "0014":
+                    break
+                await conn.execute(text)
+                await conn.execute(q("migration_record"), name)
+            await conn.execute(q("attach_booking"))
+        await Store(conn).set_capture("poll")
+        await conn.execute(INSERT, "before")
+        assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 1
+
+        assert "0014_poll_writes_events" in await migrate(conn)
+        await conn.execute(INSERT, "after")
+        assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 1  # not written again
+        assert await poll(conn) == 2
+        rows = await conn.fetch("SELECT id, booking_id, payload, position FROM relay.events ORDER BY id")
+        assert [json.loads(r["payload"])["id"] for r in rows] == ["before", "after"]
+        assert all(json.loads(r["payload"])["eventId"] == r["id"] and r["position"] for r in rows)
+        assert rows[1]["booking_id"] == "after"
+        assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 0
+    finally:
+        await conn.close()

@@ -24,3 +24,16 @@ async def test_the_pool_caches_prepared_statements_unless_told_it_is_pooled(
 
 async def test_a_direct_connection_does_not_share_sessions(db_url: str) -> None:
     assert await shares_sessions(db_url) is False
+
+
+async def test_cached_statements_are_planned_for_each_executions_values_even_after_a_reset(
+    db_url: str,
+) -> None:
+    pool = await create_pool(db_url, pooler="off", max_size=1)
+    try:
+        for _ in range(2):  # the second time on the same session, after the pool's reset
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+                assert await conn.fetchval("SHOW application_name") == "relay"
+    finally:
+        await pool.close()

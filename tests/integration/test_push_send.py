@@ -279,3 +279,30 @@ async def test_a_corrupt_subscription_row_is_a_permanent_failure_not_a_crash(env
     outcome = await env.destination.send(delivery, event)
     assert outcome.kind == "permanent" and "cannot encrypt" in outcome.detail
     assert await nothing_received(env.service)
+
+
+async def test_a_batchs_sends_to_one_subscription_rewrite_its_row_only_when_something_changes(
+    env: Env,
+) -> None:
+    sub_id = await env.subscribe(Browser())
+    events = [(await env.book(CREATE, f"b{i}", "m1"))[0] for i in range(6)]
+    deliveries = await env.plan()
+    await env.destination.load(deliveries)  # one read for the batch, used by all six sends
+
+    async def send(i: int) -> tuple[str, int, int]:
+        outcome = await env.destination.send(deliveries[i], events[i])
+        row = await env.conn.fetchrow(
+            "SELECT xmin::text::bigint AS version, failure_count FROM relay.push_subscriptions WHERE id = $1",
+            sub_id,
+        )
+        return outcome.kind, row["version"], row["failure_count"]
+
+    first = await send(0)
+    assert first[0] == "success"  # the first success is written (none was before)
+    assert [await send(1), await send(2)] == [first, first]  # a minute's successes are not
+    env.service.answer(500)
+    failed = await send(3)
+    assert failed[0] == "retry" and failed[2] == 1
+    ended = await send(4)  # the batch's row still says failure_count 0: the streak's end is written
+    assert ended[0] == "success" and ended[2] == 0 and ended[1] != failed[1]
+    assert await send(5) == ended
