@@ -248,7 +248,7 @@ async def test_in_poll_mode_an_event_that_commits_later_is_sequenced_later_whate
 async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_writes_events(
     blank_db: str,
 ) -> None:
-    """0009 wrote poll-mode rows into relay.inbox; after 0014 new rows go to relay.events,
+    """0009 wrote poll-mode rows into relay.inbox; after 0013 new rows go to relay.events,
     and what waited in the inbox is still sequenced, once, with its eventId."""
     conn = await asyncpg.connect(blank_db)
     try:
@@ -256,7 +256,7 @@ async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_w
         async with conn.transaction():
             await conn.execute(q("migrations_table"))
             for name, text in migration_files():
-                if name >= "0014":
+                if name >= "0013":
                     break
                 await conn.execute(text)
                 await conn.execute(q("migration_record"), name)
@@ -265,7 +265,7 @@ async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_w
         await conn.execute(INSERT, "before")
         assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 1
 
-        assert "0014_poll_writes_events" in await migrate(conn)
+        assert "0013_poll_writes_events" in await migrate(conn)
         await conn.execute(INSERT, "after")
         assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 1  # not written again
         assert await poll(conn) == 2
