@@ -207,6 +207,10 @@ class RawSocket:
     def write(self, frame: bytes) -> None:
         self._transport.write(frame)
 
+    async def drained(self) -> None:
+        """Wait until the server would write again (its buffer below the low-water mark)."""
+        await self._protocol.writable.wait()
+
     def limit_messages(self, size: int) -> None:
         """Refuse (close 1009) any later message over ``size`` bytes once decompressed."""
         self._protocol.conn.max_message_size = size
