@@ -21,6 +21,8 @@ from websockets.streams import StreamReader
 from relay.live.wire import (
     PROTOCOL_ATTRIBUTES,
     PROTOCOL_METHODS,
+    Flag,
+    Inbox,
     LiveWebSocketProtocol,
     RawSocket,
     ServerWithoutSignals,
@@ -48,7 +50,10 @@ async def test_uvicorns_websocket_protocol_still_has_what_wire_reads_and_overrid
         f"uvicorn {uvicorn.__version__}: WebSocketsSansIOProtocol lacks {missing + methods}"
     )
     assert hasattr(protocol.conn, "max_message_size"), "websockets: ServerProtocol.max_message_size is gone"
-    assert isinstance(protocol.writable, asyncio.Event)
+    # what Inbox and Flag stand in for, and no other methods of theirs than those provided
+    plain = WebSocketsSansIOProtocol(protocol.config, ServerState(), {}, asyncio.get_running_loop())
+    assert isinstance(plain.writable, asyncio.Event) and isinstance(plain.queue, asyncio.Queue)
+    assert isinstance(protocol.writable, Flag) and isinstance(protocol.queue, Inbox)
     assert isinstance(protocol.conn, ServerProtocol)
     assert protocol.handshake_complete is False and protocol.close_sent is False
 
@@ -81,3 +86,29 @@ def test_a_prebuilt_frame_is_what_a_websocket_client_parses() -> None:
     except StopIteration as done:
         frame = done.value
     assert (frame.opcode, frame.data.decode()) == (Opcode.TEXT, "caf\u00e9")
+
+
+async def test_the_inbox_hands_messages_over_in_order_and_waits_for_the_next() -> None:
+    inbox = Inbox()
+    inbox.put_nowait({"type": "websocket.connect"})
+    assert inbox.qsize() == 1 and not inbox.empty()
+    assert await inbox.get() == {"type": "websocket.connect"}
+    waiting = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
+    assert await asyncio.wait_for(waiting, 1) == {"type": "websocket.disconnect", "code": 1000}
+    assert inbox.qsize() == 1
+
+
+async def test_the_flag_holds_writers_while_cleared() -> None:
+    flag = Flag()
+    assert flag.is_set()
+    await asyncio.wait_for(flag.wait(), 1)
+    flag.clear()
+    waiting = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done() and not flag.is_set()
+    flag.set()
+    await asyncio.wait_for(waiting, 1)
