@@ -73,9 +73,10 @@ def opened(text: str) -> dict[str, Any]:
 
 async def test_a_websocket_client_that_answers_pings_stays_and_one_that_does_not_is_ended() -> None:
     async with serving() as (application, base):
-        async with connect(f"ws://{base}&transport=websocket") as answering, connect(
-            f"ws://{base}&transport=websocket"
-        ) as silent:
+        async with (
+            connect(f"ws://{base}&transport=websocket") as answering,
+            connect(f"ws://{base}&transport=websocket") as silent,
+        ):
             hello = opened(str(await answering.recv()))
             assert (hello["pingInterval"], hello["pingTimeout"], hello["upgrades"]) == (200, 300, [])
             silent_sid = opened(str(await silent.recv()))["sid"]
