@@ -28,7 +28,6 @@ ends the session, with one refusal logged. A session that has not connected with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections.abc import Coroutine
@@ -52,7 +51,9 @@ MAX_PACKETS = 16  # packets in one long-polling body
 PING_INTERVAL = 25.0  # socket.io's defaults; the client allows pingInterval + pingTimeout
 PING_TIMEOUT = 20.0
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
+# Packets from this size on go compressed to a client that asked for permessage-deflate
+# (socket.io's threshold); events, prebuilt once per room, and small packets go as they are.
+COMPRESS_FROM = 1024
 CLOSE_GRACE = 5.0  # how long a closing WebSocket gets to take its close frame
 MAX_ACK_DIGITS = 15
 
@@ -195,7 +196,6 @@ class Session:
         "upgrading",
         "waiter",
         "websocket",
-        "writer",
     )
 
     def __init__(self, engine: Engine, sid: str, client: object) -> None:
@@ -205,7 +205,6 @@ class Session:
         self.send: Send | None = None  # the ASGI send of the WebSocket, once on one
         self.pending: list[str] = []  # packets for the next poll (or the WebSocket writer)
         self.waiter: asyncio.Future[None] | None = None  # a long-poll waiting for packets
-        self.writer: asyncio.Task[None] | None = None  # only for a WebSocket without a RawSocket
         self.socket: Any = None
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(engine.ping_interval, self._ping)
@@ -222,8 +221,10 @@ class Session:
             return
         raw = self.raw
         if raw is not None and self.websocket:
-            if raw.open:
+            if raw.open and len(text) < COMPRESS_FROM:
                 raw.write(text_frame(text))
+            elif raw.open:  # (a presence snapshot of a merchant with thousands of users online)
+                raw.send_text(text)
             return
         self.pending.append(text)
         self._wake()
@@ -261,19 +262,18 @@ class Session:
         if self.deadline is not None:
             self.deadline.cancel()
         self._wake()
-        if self.websocket and self.send is not None and (self.raw is None or self.raw.open):
+        if self.raw is not None and self.send is not None and self.websocket and self.raw.open:
             self.engine.spawn(close_websocket(self.raw, self.send, code))
         self.engine.handler.closed(self)
 
     # the transport
 
-    def use_websocket(self, raw: RawSocket | None, send: Send) -> None:
+    def use_websocket(self, raw: RawSocket, send: Send) -> None:
         """Move to a WebSocket (opened on one, or upgraded): what waits for a poll follows."""
         self.websocket, self.upgrading, self.raw, self.send = True, False, raw, send
-        if raw is not None:
-            raw.limit_kernel_buffer(self.engine.socket_buffer)
-            engine = self.engine
-            raw.limit_messages(engine.max_message if self.socket is not None else engine.first_message)
+        engine = self.engine
+        raw.limit_kernel_buffer(engine.socket_buffer)
+        raw.limit_messages(engine.max_message if self.socket is not None else engine.first_message)
         self._wake()  # a poll still waiting answers NOOP
         pending, self.pending = self.pending, []
         for text in pending:
@@ -298,18 +298,6 @@ class Session:
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
-        if self.websocket and self.raw is None and self.send is not None and self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._write_all(self.send))
-
-    async def _write_all(self, send: Send) -> None:
-        """The writer of a WebSocket the server lets us write to only through ``send``."""
-        try:
-            while self.pending:
-                await send({"type": "websocket.send", "text": self.pending.pop(0)})
-        except (OSError, RuntimeError):
-            pass
-        finally:
-            self.writer = None
 
     # timers
 
@@ -331,13 +319,8 @@ class Session:
             self.end()
 
 
-async def close_websocket(raw: RawSocket | None, send: Send, code: int) -> None:
-    message = {"type": "websocket.close", "code": code}
-    if raw is not None:
-        await raw.close_then_abort(send(message), CLOSE_GRACE)
-        return
-    with contextlib.suppress(OSError, RuntimeError):
-        await send(message)
+async def close_websocket(raw: RawSocket, send: Send, code: int) -> None:
+    await raw.close_then_abort(send({"type": "websocket.close", "code": code}), CLOSE_GRACE)
 
 
 class Engine:
@@ -391,15 +374,17 @@ class Engine:
             if (await receive())["type"] != "websocket.connect":
                 return
             session = self.sessions.get(sid) if sid is not None else None
+            raw = RawSocket.of(send)  # None: not Relay's own server, which this transport needs
             if (
-                not allowed
+                raw is None
+                or not allowed
                 or transport != "websocket"
                 or (sid is None and version != "4")
                 or (sid is not None and (session is None or session.websocket or session.upgrading))
             ):
                 await send({"type": "websocket.close", "code": CLOSE_POLICY})  # before accept: 403
                 return
-            await self.websocket(scope, receive, send, session)
+            await self.websocket(scope, receive, send, raw, session)
             return
         method = scope.get("method")
         cors = self.cors(scope) if allowed else []
@@ -488,25 +473,22 @@ class Engine:
         elif isinstance(data, Message):
             await self.handler.message(session, data, scope)
 
-    async def websocket(self, scope: Scope, receive: Receive, send: Send, upgrading: Session | None) -> None:
-        raw = RawSocket.of(send)
+    async def websocket(
+        self, scope: Scope, receive: Receive, send: Send, raw: RawSocket, upgrading: Session | None
+    ) -> None:
         await send({"type": "websocket.accept"})
         session = upgrading
         if session is None:
             session = self.open(scope.get("client"), websocket=True)
             session.use_websocket(raw, send)
-        elif raw is not None and session.socket is not None:
+        elif session.socket is not None:
             raw.limit_messages(self.max_message)
         try:
             while True:
                 message: AsgiMessage = await receive()
                 if message["type"] != "websocket.receive":
                     return
-                text = message.get("text")
-                limit = self.max_message if session.socket is not None else self.first_message
-                if raw is None and text is not None and len(text) > limit:  # (uvicorn's protocol: 1009)
-                    await close_websocket(raw, send, CLOSE_TOO_BIG)
-                    return
+                text = message.get("text")  # (over the connection's limit, the protocol closed 1009)
                 try:
                     kind, data = read(text if text is not None else message.get("bytes"), websocket=True)
                 except Malformed as exc:
