@@ -51,9 +51,6 @@ MAX_PACKETS = 16  # packets in one long-polling body
 PING_INTERVAL = 25.0  # socket.io's defaults; the client allows pingInterval + pingTimeout
 PING_TIMEOUT = 20.0
 CLOSE_POLICY = 1008
-# Packets from this size on go compressed to a client that asked for permessage-deflate
-# (socket.io's threshold); events, prebuilt once per room, and small packets go as they are.
-COMPRESS_FROM = 1024
 CLOSE_GRACE = 5.0  # how long a closing WebSocket gets to take its close frame
 MAX_ACK_DIGITS = 15
 
@@ -221,10 +218,8 @@ class Session:
             return
         raw = self.raw
         if raw is not None and self.websocket:
-            if raw.open and len(text) < COMPRESS_FROM:
+            if raw.open:
                 raw.write(text_frame(text))
-            elif raw.open:  # (a presence snapshot of a merchant with thousands of users online)
-                raw.send_text(text)
             return
         self.pending.append(text)
         self._wake()

@@ -38,7 +38,6 @@ from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
@@ -278,14 +277,6 @@ class RawSocket:
 
     def write(self, frame: bytes) -> None:
         self._transport.write(frame)
-
-    def send_text(self, text: str) -> None:
-        """One message through the connection's own protocol (compressed when the client asked
-        for permessage-deflate), written at once: in order with ``write``'s frames."""
-        conn = self._protocol.conn
-        with contextlib.suppress(InvalidState):
-            conn.send_text(text.encode())
-            self._transport.write(b"".join(conn.data_to_send()))
 
     async def drained(self) -> None:
         """Wait until the server would write again (its buffer below the low-water mark)."""
