@@ -184,7 +184,7 @@ def http_app(services: Services, extra_routes: Sequence[BaseRoute] = ()) -> ASGI
         allowed_origins=settings.allowed_origins,
         api_document=openapi.document(),
     )
-    return CaptureSend(s.gateway.mount(app))
+    return s.gateway.mount(CaptureSend(app))
 
 
 async def readiness_problems(listener: Listener, store: Store) -> list[str]:

@@ -33,8 +33,6 @@ CONTEXT_KEYS = (
 LIBRARY_LOGGERS = (
     "uvicorn.error",
     "uvicorn.access",
-    "engineio.server",
-    "socketio.server",
     "httpx",
     "aiohttp.client",
 )
@@ -167,5 +165,5 @@ def setup(log_format: str = "text", level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     guard_library_loggers()
-    for noisy in ("httpx", "httpcore", "apscheduler", "engineio", "socketio", "uvicorn.access"):
+    for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -40,11 +40,10 @@ class Encoded:
 
     text: str
     frame: bytes
-    packet: Any = None  # a transport's own form for clients it cannot write frames to
 
     @classmethod
-    def of(cls, text: str, packet: Any = None) -> Encoded:
-        return cls(text=text, frame=text_frame(text), packet=packet)
+    def of(cls, text: str) -> Encoded:
+        return cls(text=text, frame=text_frame(text))
 
 
 class Transport(Protocol):
