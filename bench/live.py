@@ -18,6 +18,12 @@ baseline of the /ws latency rows. "Commit" is when the writer's autocommit INSER
   (last delivery - commit), median of 5.
 * memory: server RSS after 5,000 idle connections minus RSS before, per connection.
 
+The fan-out and memory rooms hold ``STAFF`` distinct users (each with many tabs), as a
+large merchant would: Relay's presence tells every connection of a room when a user's
+first connection opens, which for n distinct users in one room is n x connections
+messages while they connect (5,000 distinct users: 12.5 million, and snapshots of up to
+175 KB), traffic the seed's design does not send and that would swamp both rows.
+
 ``python -m bench.live [--quick]``; ``run(quick) -> rows``. Needs Node.js and npm (the bench
 installs bench/seed-node/node_modules itself).
 """
@@ -57,6 +63,10 @@ Row = dict[str, Any]
 NAN = float("nan")
 _SEQUENCE = itertools.count(1)
 DEFLATE = os.environ.get("BENCH_DEFLATE", "1") == "1"
+
+
+# Distinct users in the fan-out and memory rooms (see the module's docstring).
+STAFF = 50
 
 
 @dataclass(frozen=True)
@@ -181,10 +191,11 @@ class LoadGen:
 
 @asynccontextmanager
 async def clients(
-    mode: str, url: str, merchants: Sequence[str], *, tag: bool = False
+    mode: str, url: str, merchants: Sequence[str], *, tag: bool = False, staff: int | None = None
 ) -> AsyncIterator[LoadGen]:
-    """One connection per merchant entry; with ``tag`` each record carries the client's index."""
-    tokens = [mint(m, f"u{i}") for i, m in enumerate(merchants)]
+    """One connection per merchant entry, each its own user, or one of ``staff`` users;
+    with ``tag`` each record carries the client's index."""
+    tokens = [mint(m, f"u{i if staff is None else i % staff}") for i, m in enumerate(merchants)]
     config = {"mode": mode, "url": url, "tokens": tokens, "concurrency": 50, "deflate": DEFLATE, "tag": tag}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)
@@ -307,7 +318,7 @@ async def measure_target(kind: str, mode: str, dsn: str, plan: Plan) -> dict[str
             async with serve(kind, dsn) as server:
                 await asyncio.sleep(1)
                 before = rss_kb(server.pid)
-                async with clients(mode, server.url, ["fan"] * n) as gen:
+                async with clients(mode, server.url, ["fan"] * n, staff=STAFF) as gen:
                     await asyncio.sleep(2)
                     after = rss_kb(server.pid)
                     result[f"fanout_{n}"] = await measure_fanout(writer, gen, n, plan.repeats)
