@@ -138,7 +138,7 @@ def test_no_module_but_the_store_holds_sql() -> None:
     holders = [
         f"{name}:{line}: {text.strip()[:60]!r}"
         for name, path in modules().items()
-        if name != "relay.store"
+        if name != "relay.store" and not name.startswith("relay.store.")
         for line, text in _strings(ast.parse(path.read_text("utf-8")))
         if SQL.search(text)
     ]
