@@ -16,7 +16,8 @@ async def test_nothing_is_lost_while_everything_breaks() -> None:
     assert report.events_committed >= 570  # a change cut off mid-commit may not count
     assert set(report.per_source_events) == {"booking", "payment"}  # both sources in the mix
     assert min(report.per_source_events.values()) > 100
-    assert report.listener_kills >= 5
+    # Kills land every ~0.5 s while the writers run: fewer on a loaded machine, never none.
+    assert report.listener_kills >= 3
     assert report.ws_resumes >= 3
 
 

@@ -58,6 +58,12 @@ async def test_events_committed_while_the_listener_is_down_are_handed_on_once(db
 
             await admin.execute(f'ALTER ROLE "{role}" NOLOGIN')
             await terminate(admin, relay.listener.backend_pid or 0)
+            # pg_terminate_backend only signals: until the listener has seen its session end,
+            # the backend may still be there to hear the next NOTIFY.
+            deadline = asyncio.get_running_loop().time() + 5
+            while relay.listener.connected.is_set():
+                assert asyncio.get_running_loop().time() < deadline, "the listener did not notice"
+                await asyncio.sleep(0.01)
             missed = [f"missed-{i}" for i in range(20)]
             for booking in missed:
                 await insert_booking(admin, booking)
