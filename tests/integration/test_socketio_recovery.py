@@ -23,6 +23,8 @@ from tests.support import sample
 
 __all__ = ["node_client"]  # the fixture
 
+INSERT_BOOKING = """INSERT INTO "Booking" (id, "merchantId", status) VALUES ($1, $2, 'PENDING')"""
+
 
 async def booking_ids(client: NodeClient, count: int) -> list[str]:
     ids = []
@@ -259,13 +261,20 @@ async def test_recovery_needs_an_offset_between_the_oldest_retained_event_and_th
     alice = Claims(user_id="alice", merchant_id="mA", expires_at=0)
     pid = recovery.new_pid(alice)
     async with running(settings) as relay:
-        await insert(db_url, ("b1", "mA"), ("b2", "mA"), ("b3", "mA"))
+        writer = await asyncpg.connect(db_url)
+        try:  # one transaction: sequenced in one pass, so the three positions are consecutive
+            async with writer.transaction():
+                for booking in ("b1", "b2", "b3"):
+                    await writer.execute(INSERT_BOOKING, booking, "mA")
+        finally:
+            await writer.close()
         deadline = asyncio.get_running_loop().time() + 10
-        while len(events := await relay.store.merchant_events("mA", 0, 10)) < 3:  # each its own wake-up
+        while len(events := await relay.store.merchant_events("mA", 0, 10)) < 3:
             assert asyncio.get_running_loop().time() < deadline, events
             await relay.feed.caught_up()
             await asyncio.sleep(0.05)
         first, second, last = [e.position for e in events]
+        assert (second, last) == (first + 1, first + 2)
 
         async def resumable(pid: str, offset: object) -> int | None:
             return await recovery.resumable(relay.store, alice, {"pid": pid, "offset": offset, "token": "t"})
