@@ -18,8 +18,9 @@ The cache is worth keeping where it is safe: measured on a direct connection to 
 local server, a query costs about three times as long without it (one more round
 trip and a second parse). So ``RELAY_DATABASE_POOLER=auto`` (the default) finds out
 which kind of connection ``DATABASE_URL`` gives, once, when the pool opens its first
-connection; ``on`` and ``off`` say it outright. The cached statements are still planned
-for each execution's values (``plan_cache_mode``, see ``connect``), as unnamed ones are.
+connection; ``on`` and ``off`` say it outright. A statement whose best plan depends on
+the values and the table's size of the moment (the delivery claim) is prepared afresh
+each time instead (``Store.claim``).
 """
 
 from __future__ import annotations
@@ -104,14 +105,6 @@ class PoolConnections:
                     self._announce()
         if self.pooled:
             kwargs["statement_cache_size"] = 0
-        else:
-            # Cached statements are planned for the values of each execution: a generic plan,
-            # which PostgreSQL settles on after five executions and keeps until the table is
-            # analyzed again, is made for the table's size then; the delivery claim's, made
-            # while relay.deliveries was small, took 40 ms and more (seconds, with 40,000 rows)
-            # on a burst where planning it afresh takes 0.5 ms and running it 3 ms.
-            settings = kwargs.get("server_settings") or {}
-            kwargs["server_settings"] = {**settings, "plan_cache_mode": "force_custom_plan"}
         return await asyncpg.connect(*args, **kwargs)
 
     def _announce(self) -> None:
