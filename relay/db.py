@@ -21,6 +21,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
+    # Class 40 (a deadlock detected, a serialization failure): PostgreSQL rolled the
+    # transaction back so that it can be run again.
+    asyncpg.exceptions.TransactionRollbackError,
 )
 
 

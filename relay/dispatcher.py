@@ -20,7 +20,6 @@ database error before a send hands the delivery back without using up an attempt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -409,5 +408,9 @@ class Dispatcher:
             ids = list(self._held)
             if not ids:
                 continue
-            with contextlib.suppress(*TRANSIENT_ERRORS):
+            try:
                 await self._store.renew(ids, self.worker_id, self._lease)
+            except TRANSIENT_ERRORS:
+                pass  # the next renewal comes well before the leases run out
+            except asyncpg.PostgresError as exc:
+                logger.warning("cannot renew the leases of %d deliveries: %s", len(ids), exc)

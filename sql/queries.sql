@@ -165,15 +165,30 @@ RETURNING d.id, d.event_id, d.channel, d.target_id, d.merchant_id, d.destination
           e.payload, e.created_at;
 
 -- name: deliveries_renew
-UPDATE relay.deliveries
+-- Rows locked at this moment are skipped: they are being recorded (their lease ends with
+-- it), and waiting for them could lock rows in the opposite order from the record's.
+UPDATE relay.deliveries d
 SET locked_until = now() + $3::float8 * interval '1 second', next_attempt_at = now() + $3::float8 * interval '1 second'
-WHERE id = ANY ($1::bigint[]) AND locked_by = $2 AND state = 'sending';
+FROM (
+    SELECT id FROM relay.deliveries
+    WHERE id = ANY ($1::bigint[]) AND locked_by = $2 AND state = 'sending'
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+) held
+WHERE d.id = held.id;
 
 -- name: deliveries_record
 -- A batch of outcomes in one statement, one row each: an attempt (state $2, the delay $3
 -- before the next one, what the target answered), or a hand-back without using up an
 -- attempt (state NULL: pending again after the delay; shutdown, a database error before
--- the send, or a target already busy in this process).
+-- the send, or a target already busy in this process). The rows are locked in id order, as
+-- every other statement that locks several of them waits for them in (or skips them).
+WITH held AS (
+    SELECT id FROM relay.deliveries
+    WHERE id = ANY ($1::bigint[]) AND state = 'sending' AND locked_by = $7
+    ORDER BY id
+    FOR UPDATE
+)
 UPDATE relay.deliveries d
 SET state = coalesce(u.state, 'pending'),
     attempts = d.attempts + CASE WHEN u.state IS NULL THEN 0 ELSE 1 END,
@@ -184,9 +199,9 @@ SET state = coalesce(u.state, 'pending'),
     last_response_ms = CASE WHEN u.state IS NULL THEN d.last_response_ms ELSE u.ms END,
     completed_at = CASE WHEN u.state IN ('succeeded', 'failed') THEN now() END,
     updated_at = now()
-FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::int[])
+FROM held, unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[], $6::int[])
      AS u(id, state, delay, status, error, ms)
-WHERE d.id = u.id AND d.state = 'sending' AND d.locked_by = $7;
+WHERE d.id = held.id AND d.id = u.id;
 
 -- name: deliveries_replay_failed
 -- Give failed deliveries a fresh set of attempts: all of them, or only ids in $1

@@ -4,6 +4,7 @@ freed when its attempt ends (not when its outcome is recorded)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import ClassVar
@@ -15,7 +16,7 @@ from relay.destinations import Delivery, Outcome
 from relay.dispatcher import Dispatcher
 from relay.events import Event
 from relay.feed import Feed
-from relay.retry import RetrySchedule
+from relay.retry import RetrySchedule, retrying
 from relay.store import Attempt, ClaimRoom, Store
 from relay.webhooks.endpoints import add_endpoint
 from tests.webhook_receiver import LOOPBACK, booking, wait_rows, write_bookings
@@ -153,3 +154,50 @@ async def test_a_merchants_next_deliveries_are_sent_while_earlier_outcomes_wait_
         stop.set()
         await asyncio.gather(*tasks)
         await pool.close()
+
+
+async def test_a_renewal_skips_rows_being_recorded_instead_of_waiting_for_them(db_url: str) -> None:
+    """A renewal that waited for a row another statement holds could lock rows in the opposite
+    order from that statement (a record of outcomes) and deadlock with it."""
+    conn, other = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        store = Store(conn)
+        first, second = await _claimed(db_url, store, 2, "w1")
+        before = await conn.fetchval("SELECT locked_until FROM relay.deliveries WHERE id = $1", second.id)
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM relay.deliveries WHERE id = $1 FOR UPDATE", first.id)
+            async with asyncio.timeout(2):
+                await store.renew([first.id, second.id], "w1", 60.0)
+        after = await conn.fetchval("SELECT locked_until FROM relay.deliveries WHERE id = $1", second.id)
+        assert after - before > timedelta(seconds=20)
+    finally:
+        await conn.close()
+        await other.close()
+
+
+async def test_outcomes_are_recorded_after_a_deadlock_with_another_transaction(db_url: str) -> None:
+    """PostgreSQL breaks a deadlock by rolling one transaction back; when it is the record of
+    outcomes, the record is made again (a deadlock is a transient error) and nothing waits
+    for a lease to run out."""
+    conn, other = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        store = Store(conn)
+        first, second = await _claimed(db_url, store, 2, "w1")
+        outcomes = [Attempt(d.id, "succeeded", 0.0, 204, None, 1) for d in (first, second)]
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM relay.deliveries WHERE id = $1 FOR UPDATE", second.id)
+            recording = asyncio.create_task(retrying(lambda: store.record(outcomes, "w1"), what="record"))
+            await asyncio.sleep(0.3)  # the record holds the first row and waits for the second
+            assert not recording.done()
+            # Taking the first row now closes the cycle: PostgreSQL rolls one of the two back.
+            with contextlib.suppress(asyncpg.DeadlockDetectedError):
+                await other.execute("SELECT 1 FROM relay.deliveries WHERE id = $1 FOR UPDATE", first.id)
+        async with asyncio.timeout(10):
+            await recording
+        states = await conn.fetch(
+            "SELECT state FROM relay.deliveries WHERE id = ANY($1::bigint[])", [first.id, second.id]
+        )
+        assert [row["state"] for row in states] == ["succeeded", "succeeded"]
+    finally:
+        await conn.close()
+        await other.close()
