@@ -135,7 +135,7 @@ class DeliveryQueries(Queries):
         """Write a batch of outcomes in one statement: attempts, and hand-backs (state None)."""
         if not outcomes:
             return
-        columns = list(zip(*outcomes, strict=True))
+        columns = list(zip(*sorted(outcomes, key=lambda o: o.delivery_id), strict=True))
         async with self._conn() as conn:
             await conn.execute(q("deliveries_record"), *(list(c) for c in columns), worker)
 
