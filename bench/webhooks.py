@@ -258,6 +258,10 @@ async def _run(db_url: str, quick: bool) -> list[Row]:
         "RELAY_EGRESS_ALLOW": "127.0.0.0/8",
         "RELAY_HTTP_HOST": "127.0.0.1",
         "RELAY_HTTP_PORT": str(relay_port),
+        # The same sends in flight as the bare loop: the bench's endpoints are one merchant's
+        # on one host, which the defaults (32 and 64, fairness between tenants) would cap.
+        "RELAY_SENDS_PER_MERCHANT": str(CONCURRENCY),
+        "RELAY_SENDS_PER_HOST": str(CONCURRENCY),
     }
     rows: list[Row] = []
     seconds = 4.0 if quick else 10.0

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 15.0
 BODY_CAP = 4096
 CACHE_SECONDS = 1.0
+BODIES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class WebhookDestination:
         self._timeout = timeout
         self._stop = stop
         self._cache: dict[int, tuple[float, Endpoint | None]] = {}
+        self._bodies: dict[int, bytes] = {}  # by event id: every endpoint is sent the same body
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def endpoint(self, endpoint_id: int) -> Endpoint | None:
         """The endpoint, read at most once a second (a disable or rotation applies within 1 s)."""
@@ -128,7 +131,11 @@ class WebhookDestination:
             return Outcome("permanent", None, "endpoint deleted")
         if not endpoint.enabled:
             return Outcome("permanent", None, "endpoint disabled")
-        body = body_for(event)
+        body = self._bodies.get(event.id)
+        if body is None:
+            if len(self._bodies) >= BODIES_KEPT:
+                self._bodies.clear()
+            body = self._bodies[event.id] = body_for(event)
         headers = signed_headers(endpoint.secrets, event, body, time.time())
         outcome = await self._post(endpoint, headers, body)
         await self._track_streak(endpoint, outcome)
@@ -142,7 +149,7 @@ class WebhookDestination:
                     data=body,
                     headers=headers,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=self._timeout),
+                    timeout=self._client_timeout,
                 ) as response:
                     received = bytearray()
                     while len(received) < BODY_CAP:

@@ -9,7 +9,7 @@ the new one during a rotation).
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 import json
 import secrets
@@ -26,6 +26,7 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=4096)
 def secret_key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
 
@@ -33,7 +34,7 @@ def secret_key(secret: str) -> bytes:
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` (Standard Webhooks)."""
     to_sign = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), to_sign, hashlib.sha256).digest()
+    digest = hmac.digest(secret_key(secret), to_sign, "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
