@@ -17,12 +17,14 @@ sequence, so what reached relay.events keeps flowing, late, while no leader runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 
+import asyncpg
+
 from relay import metrics
-from relay.aio import wait_any
 from relay.capture import CaptureMode
 from relay.db import TRANSIENT_ERRORS
 from relay.events import Event
@@ -44,6 +46,10 @@ class Feed:
 
     Consumers are plain callables run on the event loop: they must not block (put
     work on a queue, or write to sockets without awaiting each one).
+
+    The feed keeps one connection of the pool while it runs (another after a failure):
+    a pass is then one round trip, where a connection taken and given back each time
+    costs a second one (the pool's session reset) before the rows come back.
     """
 
     def __init__(
@@ -95,9 +101,17 @@ class Feed:
         self.started.set()
         failures = FailureStreak("feed cannot read events")
         waiting: list[asyncio.Future[None]] = []
+        # One waiter for a wake-up or the stop (a stop wakes the feed): asyncio.wait over
+        # both events would add two tasks and three turns of the loop to every pass.
+        stopping = asyncio.get_running_loop().create_task(_set_when(stop, self._wake))
+        held = contextlib.AsyncExitStack()  # the feed's own connection, while it works
+        session: Store | None = None
         try:
             while not stop.is_set():
-                await wait_any(self._wake, stop, timeout=self._interval)
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._interval):
+                            await self._wake.wait()
                 if stop.is_set():
                     break
                 # Sequence, unless a poller does and this is neither the timer's pass nor one
@@ -107,9 +121,13 @@ class Feed:
                 waiting += self._waiters
                 self._waiters.clear()
                 try:
-                    more = await self.advance(sequence=sequence)
+                    if session is None:
+                        session = await held.enter_async_context(self._store.held())
+                    more = await self.advance(session, sequence=sequence)
                     failures.reset()
                 except TRANSIENT_ERRORS as exc:
+                    session = None
+                    await _let_go(held)
                     await failures.pause(exc, stop)
                     more = True
                 if more:
@@ -117,13 +135,15 @@ class Feed:
                 else:
                     _release(waiting)
         finally:
+            stopping.cancel()
             _release([*waiting, *self._waiters])
+            await _let_go(held)
 
-    async def advance(self, *, sequence: bool = True) -> bool:
-        """Sequence (unless told not to) and hand on the next batch; return True when more
-        may be waiting."""
+    async def advance(self, store: Store, *, sequence: bool = True) -> bool:
+        """Sequence (unless told not to) and hand on the next batch, read through ``store``;
+        return True when more may be waiting."""
         assert self.position is not None
-        read = self._store.advance if sequence else self._store.events_after
+        read = store.advance if sequence else store.events_after
         events = await read(self.position, BATCH)
         if not events:
             self._account(())
@@ -160,6 +180,18 @@ class Feed:
             metrics.events_recovered.inc(recovered)
         if len(self._announced) >= _ANNOUNCED_LIMIT:
             self._announced.clear()
+
+
+async def _let_go(held: contextlib.AsyncExitStack) -> None:
+    """Give the feed's connection back to the pool, which drops it if it is broken (its
+    session reset then fails: nothing the feed must hear of; the next pass takes another)."""
+    with contextlib.suppress(*TRANSIENT_ERRORS, asyncpg.PostgresError):
+        await held.aclose()
+
+
+async def _set_when(stop: asyncio.Event, wake: asyncio.Event) -> None:
+    await stop.wait()
+    wake.set()
 
 
 def _release(waiters: list[asyncio.Future[None]]) -> None:

@@ -3,7 +3,9 @@
 The connection is dedicated (never from the pool, whose connections run
 ``UNLISTEN *`` on release). asyncpg keeps no TCP keepalive, so a half-open
 connection looks merely idle: a ``SELECT 1`` with a timeout every few seconds
-proves it lives. The notification callback only enqueues.
+proves it lives. A notification is checked and handed on in its callback (asyncpg
+runs each in a callback of its own), with no queue and task between it and the feed:
+each hop is one more turn of the event loop on the live path.
 
 It also keeps the process's catalog of sources current: it reads ``relay.sources``
 (through ``load_sources``, over the pool: the listen connection runs nothing but
@@ -18,7 +20,6 @@ hands on the leaders' wake-ups (``relay_wake``, poll and wal mode).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -42,7 +43,6 @@ from relay.store import Store
 
 logger = logging.getLogger(__name__)
 
-QUEUE_SIZE = 10_000
 # Seconds between two reads of relay.sources when no relay_sources NOTIFY came: a process
 # that missed one follows an attach or detach within this (the contract says 5 s).
 SOURCES_REFRESH = 4.0
@@ -93,56 +93,37 @@ class Listener:
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._max_delay = max_delay
-        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(QUEUE_SIZE)
-        self._overflowed = False
         self.connected = asyncio.Event()
         self.backend_pid: int | None = None
         self.connections = 0
 
-    def _enqueue(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
-        try:
-            self._queue.put_nowait((channel, payload))
-        except asyncio.QueueFull:
-            # Payloads are only wake-ups: the feed reads the durable rows, so a lost
-            # one costs nothing but validation. Say so once per overflow.
-            if not self._overflowed:
-                logger.warning("notification queue full; waking the feed without parsing")
-            self._overflowed = True
-            self._on_connect()
-
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set, reconnecting for ever with capped backoff."""
-        consumer = asyncio.create_task(self._consume(), name="relay-notify-consumer")
-        try:
-            failures = FailureStreak("listener cannot connect", base=0.05, cap=self._max_delay)
-            down_since: float | None = None
-            while not stop.is_set():
-                try:
-                    conn = await asyncpg.connect(
-                        self._dsn,
-                        timeout=max(self._probe_timeout, 5.0),
-                        server_settings={"application_name": "relay-listener"},
-                    )
-                except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-                    await failures.pause(exc, stop)
-                    continue
-                failures.reset()
-                try:
-                    await self._listen(conn, stop, reconnect=self.connections > 0)
-                    if down_since is not None:
-                        metrics.listener_disconnected_seconds.inc(time.monotonic() - down_since)
-                except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-                    if not stop.is_set():
-                        logger.warning("listener connection lost (%s: %s)", type(exc).__name__, exc)
-                finally:
-                    self.connected.clear()
-                    self.backend_pid = None
-                    down_since = time.monotonic()
-                    conn.terminate()
-        finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+        failures = FailureStreak("listener cannot connect", base=0.05, cap=self._max_delay)
+        down_since: float | None = None
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=max(self._probe_timeout, 5.0),
+                    server_settings={"application_name": "relay-listener"},
+                )
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                await failures.pause(exc, stop)
+                continue
+            failures.reset()
+            try:
+                await self._listen(conn, stop, reconnect=self.connections > 0)
+                if down_since is not None:
+                    metrics.listener_disconnected_seconds.inc(time.monotonic() - down_since)
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                if not stop.is_set():
+                    logger.warning("listener connection lost (%s: %s)", type(exc).__name__, exc)
+            finally:
+                self.connected.clear()
+                self.backend_pid = None
+                down_since = time.monotonic()
+                conn.terminate()
 
     async def _listen(self, conn: asyncpg.Connection, stop: asyncio.Event, *, reconnect: bool) -> None:
         lost, changed = asyncio.Event(), asyncio.Event()
@@ -198,29 +179,26 @@ class Listener:
         added, removed = sorted(wanted - listening), sorted(listening - wanted)
         self._heard.update(added)
         for channel in added:
-            await conn.add_listener(channel, self._enqueue)
+            await conn.add_listener(channel, self._notified)
         for channel in removed:
-            await conn.remove_listener(channel, self._enqueue)
+            await conn.remove_listener(channel, self._notified)
         if listening and (added or removed):
             logger.info("sources changed: now listening on %s", ", ".join(sorted(wanted)))
         listening.symmetric_difference_update([*added, *removed])
         return bool(added) or self.capture.mode != mode
 
-    async def _consume(self) -> None:
-        while True:
-            channel, payload = await self._queue.get()
-            self._overflowed = False
-            metrics.events_received.labels(channel).inc()
-            try:
-                event_id = parse_notification(channel, payload, self._heard)
-            except MalformedNotification as exc:
-                metrics.notifications_malformed.inc()
-                logger.warning(
-                    "malformed notification on %s refused: %s (payload %.200r)",
-                    channel,
-                    exc,
-                    payload,
-                    extra={"channel": channel},
-                )
-                continue
-            self._on_notify(event_id)
+    def _notified(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        metrics.events_received.labels(channel).inc()
+        try:
+            event_id = parse_notification(channel, payload, self._heard)
+        except MalformedNotification as exc:
+            metrics.notifications_malformed.inc()
+            logger.warning(
+                "malformed notification on %s refused: %s (payload %.200r)",
+                channel,
+                exc,
+                payload,
+                extra={"channel": channel},
+            )
+            return
+        self._on_notify(event_id)

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from functools import cache
 from importlib import resources
+from typing import Self
 
 import asyncpg
 
@@ -45,6 +46,18 @@ class Queries:
 
     def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
         self._db = db
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[Self]:
+        """These queries on one connection of the pool, kept until the block ends (itself,
+        over a connection). A pool connection is reset when it goes back (``RESET ALL``, ...:
+        one more round trip before the caller gets its rows); a loop that queries on every
+        wake-up, the feed's, takes one connection for good instead."""
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn:
+                yield type(self)(conn)
+        else:
+            yield self
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:

@@ -124,3 +124,30 @@ async def test_garbage_notifications_are_counted_and_relay_keeps_working(
             assert sample("relay_notifications_malformed_total") == before + len(garbage)
     finally:
         await admin.close()
+
+
+async def test_the_feed_takes_another_connection_when_its_own_is_killed(
+    settings: Settings, db_url: str
+) -> None:
+    """The feed keeps one pool connection between passes; a killed one costs a pass, not the feed."""
+    admin = await asyncpg.connect(db_url)
+    try:
+        async with running(settings) as (relay, collector):
+            await insert_booking(admin, "before-kill")
+            await collector.wait_for(["before-kill"])
+            pool_pids = [
+                r["pid"]
+                for r in await admin.fetch(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE application_name = 'relay' AND pid <> pg_backend_pid()"
+                )
+            ]
+            assert pool_pids, "the feed holds a pool connection while it runs"
+            for pid in pool_pids:
+                await terminate(admin, pid)
+            for i in range(3):
+                await insert_booking(admin, f"after-kill-{i}")
+            await collector.wait_for([f"after-kill-{i}" for i in range(3)], timeout=10)
+            assert relay.feed.position is not None
+    finally:
+        await admin.close()
