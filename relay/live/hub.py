@@ -149,7 +149,8 @@ class Sink:
             if len(self._pending) > self.hub.max_pending:
                 self.fall_behind()
             return
-        if self.interest.wants(event.channel):
+        interest = self.interest
+        if (interest.in_room and interest.channels is None) or interest.wants(event.channel):
             self.write(encoded)
 
     def tell(self, encoded: Encoded) -> None:

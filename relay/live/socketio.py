@@ -86,12 +86,10 @@ class SioSink(Sink):
             self.closed = True
             self.hub.leave(self)
             return
-        raw = session.raw if session.direct else None
-        if raw is not None:
-            if raw.buffered > self.hub.max_buffer:
+        raw = session.raw
+        if raw is not None and session.websocket:
+            if not raw.put(encoded.frame, self.hub.max_buffer):
                 self.fall_behind()
-            elif raw.open:
-                raw.write(encoded.frame)
             return
         queued = len(session.pending)
         if queued >= self.hub.max_pending or queued * len(encoded.text) > self.hub.max_buffer:
