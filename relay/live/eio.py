@@ -268,6 +268,7 @@ class Session:
         self.websocket, self.upgrading, self.raw, self.send = True, False, raw, send
         engine = self.engine
         raw.limit_kernel_buffer(engine.socket_buffer)
+        raw.stop_pings()  # Engine.IO's heartbeat finds a dead client: no WebSocket pings on top
         raw.limit_messages(engine.max_message if self.socket is not None else engine.first_message)
         self._wake()  # a poll still waiting answers NOOP
         pending, self.pending = self.pending, []

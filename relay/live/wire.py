@@ -58,7 +58,7 @@ PROTOCOL_ATTRIBUTES = (
     "close_timeout",
     "loop",
 )
-PROTOCOL_METHODS = ("data_received", "handle_parser_exception", "receive", "send")
+PROTOCOL_METHODS = ("data_received", "handle_parser_exception", "receive", "send", "stop_keepalive")
 # Bytes read from a client handed to the parser at a time. A slice of compressed input
 # inflates to at most ~1 MB (deflate's ratio is about 1:1000), and the next slice is
 # parsed only once the application has taken every message of the previous one.
@@ -292,6 +292,12 @@ class RawSocket:
     async def drained(self) -> None:
         """Wait until the server would write again (its buffer below the low-water mark)."""
         await self._protocol.writable.wait()
+
+    def stop_pings(self) -> None:
+        """No more WebSocket pings from the server on this connection (uvicorn's keepalive: a
+        timer, a ping and a pong every ``ws_ping_interval``), for a protocol that has a
+        heartbeat of its own."""
+        self._protocol.stop_keepalive()
 
     def limit_messages(self, size: int) -> None:
         """Refuse (close 1009) any later message over ``size`` bytes once decompressed."""
