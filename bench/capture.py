@@ -98,7 +98,7 @@ SELECT pg_create_logical_replication_slot('bare', 'pgoutput')"""
 BARE_READ = """SELECT count(*) FROM pg_logical_slot_get_binary_changes(
     'bare', NULL, NULL, 'proto_version', '1', 'publication_names', 'bare')"""
 BARE_INTERVAL = 0.05
-VARIANTS = ("none", "seed", "notify", "poll", "floor", "attached_notify", "attached_poll")
+VARIANTS = ("none", "seed", "notify", "poll", "poll_whole", "floor", "attached_notify", "attached_poll")
 
 
 async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
@@ -121,8 +121,10 @@ async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
         if variant.startswith("attached"):
             await conn.execute(PAYMENT)
             await Store(conn).attach_source(*PAYMENT_SOURCE)
-        if variant.endswith("poll"):
+        if variant.endswith("poll") or variant == "poll_whole":
             await Store(conn).set_capture("poll")
+        if variant == "poll_whole":  # poll mode's trigger before 0014: the payload built whole
+            await conn.execute(await conn.fetchval("SELECT relay.booking_function_sql('wal')"))
         if variant == "wal":
             await switch(Store(conn), Store(conn), "wal")
         if variant == "no_trigger":
@@ -200,6 +202,12 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
                 ">= 0.9" if clients == 1 else ">= 0.8",
             ),
             compared(
+                f"poll mode as before 0014 (the payload built in the trigger) INSERT rate vs no trigger, {writers}",
+                "poll_whole",
+                "none",
+                "—",
+            ),
+            compared(
                 f"floor of any durable trigger (a minimal row) INSERT rate vs no trigger, {writers}",
                 "floor",
                 "none",
@@ -268,7 +276,7 @@ async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1
 
 async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
     """PostgreSQL's CPU per INSERT transaction for each variant of the trigger (1 writer)."""
-    parts = ("no_trigger", "empty", "events_row", "poll", "notify")
+    parts = ("no_trigger", "empty", "events_row", "poll", "poll_whole", "notify")
     script = _script(INSERT_SCRIPT)
     for p in parts:
         await make_database(pg, f"parts_{p}", p)
@@ -281,6 +289,7 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
             samples[p].append((_postgres_cpu_ns(pg) - before) / 1000 / (rate * int(seconds)))
     os.unlink(script)
     us = {p: median(v) for p, v in samples.items()}
+    sequencing = {p: await _sequencing_us(pg.url_for(f"parts_{p}")) for p in ("poll", "poll_whole")}
 
     def part(metric: str, with_part: str, without: str) -> Row:
         return row(
@@ -296,9 +305,28 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
             us["no_trigger"], "", unit="µs"),
         part("the PL/pgSQL trigger call", "empty", "no_trigger"),
         part("a minimal row in relay.events (heap + 2 index entries)", "events_row", "empty"),
-        part("the payload and eventId (= the poll-mode trigger)", "poll", "events_row"),
-        part("notify mode's trigger instead of poll mode's", "notify", "poll"),
+        part("the compact row's values (= the poll-mode trigger)", "poll", "events_row"),
+        part("the payload and eventId built whole (= poll mode's trigger before 0014)", "poll_whole",
+             "events_row"),
+        part("notify mode's trigger instead of poll mode's before 0014", "notify", "poll_whole"),
+        row("sequencer µs per event, poll mode's compact rows (baseline: rows written whole, before 0014)",
+            sequencing["poll"], sequencing["poll_whole"], "", unit="µs"),
     ]  # fmt: skip
+
+
+async def _sequencing_us(url: str, batch: int = 20_000, passes: int = 3) -> float:
+    """Wall-clock µs per event of relay.sequence_events over what pgbench left unsequenced."""
+    conn = await asyncpg.connect(url)
+    try:
+        took = []
+        for _ in range(passes):
+            started = time.perf_counter()
+            count = await conn.fetchval("SELECT relay.sequence_events($1)", batch)
+            if count:
+                took.append((time.perf_counter() - started) / count * 1e6)
+        return median(took)
+    finally:
+        await conn.close()
 
 
 async def leading(base: str, gauge: str) -> None:
