@@ -202,7 +202,7 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
                 ">= 0.9" if clients == 1 else ">= 0.8",
             ),
             compared(
-                f"poll mode as before 0014 (the payload built in the trigger) INSERT rate vs no trigger, {writers}",
+                f"poll mode before 0014 (payload built by the trigger) INSERT rate vs no trigger, {writers}",
                 "poll_whole",
                 "none",
                 "—",

@@ -86,6 +86,8 @@ def decode(messages: Sequence[tuple[int, bytes]]) -> Decoded:
     last_commit: int | None = None
     previous, part = -1, 0
     for lsn, data in messages:
+        if data[:1] == b"B":
+            continue  # a transaction's Begin: nothing in it is needed
         message = parse(data)
         if isinstance(message, Relation):
             relations[message.relid] = message
@@ -101,21 +103,32 @@ def decode(messages: Sequence[tuple[int, bytes]]) -> Decoded:
     return Decoded(changes, last_commit)
 
 
+def _quoted(value: Value) -> str:
+    if value is None or value is UNCHANGED:
+        return ""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def row_literal(columns: Sequence[str], values: dict[str, Value]) -> str:
     """A row literal of a table whose row type has ``columns``: quoted text, or nothing for
     NULL (and for a column the decoded row lacks: added since, or generated)."""
+    return "(" + ",".join(_quoted(values.get(column)) for column in columns) + ")"
+
+
+def _literal(row: Tuple, at: Sequence[int | None], fallback: Tuple | None = None) -> str:
+    """``row_literal`` straight from a decoded row: ``at`` maps each column of the table's row
+    type to its place in the row (None: not sent); an unchanged TOASTed value comes from
+    ``fallback`` (the old row)."""
     fields = []
-    for column in columns:
-        value = values.get(column)
-        if value is None or value is UNCHANGED:
+    for i in at:
+        if i is None:
             fields.append("")
-        else:
-            fields.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            continue
+        value = row[i]
+        if value is UNCHANGED:  # TOASTed and unchanged: the old row has it
+            value = fallback[i] if fallback is not None else None
+        fields.append(_quoted(value))
     return "(" + ",".join(fields) + ")"
-
-
-def _named(relation: Relation, row: Tuple | None) -> dict[str, Value] | None:
-    return None if row is None else dict(zip(relation.columns, row, strict=True))
 
 
 class WalReader:
@@ -207,20 +220,20 @@ class WalReader:
             current = await store.wal_columns(sorted({r.relid for r in unknown}))
             self._columns.update({r: current[r.relid] for r in unknown if r.relid in current})
         relids, ops, news, olds, lsns, parts = [], [], [], [], [], []
+        places: dict[Relation, list[int | None]] = {}
         for change, lsn, part, relation in decoded.changes:
-            table = self._columns.get(relation)
-            if table is None:
-                continue  # the table was dropped since
-            old = _named(relation, change.old)
-            new = _named(relation, change.new)
-            if new is not None:
-                for column, value in new.items():
-                    if value is UNCHANGED:  # TOASTed and unchanged: the old row has it
-                        new[column] = old.get(column) if old is not None else None
+            at = places.get(relation)
+            if at is None:
+                table = self._columns.get(relation)
+                if table is None:
+                    continue  # the table was dropped since
+                sent = {column: i for i, column in enumerate(relation.columns)}
+                at = places[relation] = [sent.get(column) for column in table]
+            old = change.old
             relids.append(change.relid)
             ops.append(change.op)
-            news.append(None if new is None else row_literal(table, new))
-            olds.append(None if old is None else row_literal(table, old))
+            news.append(None if change.new is None else _literal(change.new, at, old))
+            olds.append(None if old is None else _literal(old, at))
             lsns.append(lsn)
             parts.append(part)
         try:

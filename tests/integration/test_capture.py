@@ -300,7 +300,20 @@ CREATE TABLE "Gadget" (
     "no""ne" text
 );
 CREATE TABLE gizmo (id integer PRIMARY KEY, shop text, label text, n numeric)"""
-GADGET_FIELDS = ["label", "Price", "ratio", "ok", "at", "day", "meta", "kind", "code", "tags", "note", 'no"ne']
+GADGET_FIELDS = [
+    "label",
+    "Price",
+    "ratio",
+    "ok",
+    "at",
+    "day",
+    "meta",
+    "kind",
+    "code",
+    "tags",
+    "note",
+    'no"ne',
+]
 GADGET_KEY = "00000000-0000-4000-8000-00000000000a"
 GADGET_LIFECYCLE = [
     """INSERT INTO "Gadget" VALUES ($1, 7, 'say "hi" \\ ü', 1.50, 0.1, true, '2026-01-02 03:04:05.678+01',
@@ -360,7 +373,9 @@ async def test_poll_mode_builds_notify_modes_payloads_byte_for_byte_from_compact
         await conn.close()
 
 
-async def test_upgrading_a_poll_mode_database_with_events_in_flight_writes_compact_rows(blank_db: str) -> None:
+async def test_upgrading_a_poll_mode_database_with_events_in_flight_writes_compact_rows(
+    blank_db: str,
+) -> None:
     """Rows 0013's poll mode wrote, one committed and one in a transaction still open while
     0014 is applied, keep their payload; rows written after it are compact; all are sequenced
     once with the payload notify mode gives them."""
@@ -389,9 +404,13 @@ async def test_upgrading_a_poll_mode_database_with_events_in_flight_writes_compa
         assert "0014_poll_compact_rows" in await asyncio.wait_for(migrating, 10)
         await writer.execute(INSERT, "after")  # the writer's session follows at once
 
-        written = await conn.fetch("SELECT booking_id, payload IS NULL AS compact FROM relay.events ORDER BY id")
+        written = await conn.fetch(
+            "SELECT booking_id, payload IS NULL AS compact FROM relay.events ORDER BY id"
+        )
         assert [(r["booking_id"], r["compact"]) for r in written] == [
-            ("before", False), ("in-flight", False), ("after", True)
+            ("before", False),
+            ("in-flight", False),
+            ("after", True),
         ]
         assert await poll(conn) == 3
         rows = await conn.fetch("SELECT id, payload, position FROM relay.events ORDER BY id")
