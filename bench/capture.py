@@ -1,7 +1,8 @@
 """Capture modes: what each costs the application's writes, and poll mode's latency and idle cost.
 
 * Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
-  pg_notify-only trigger, Relay's trigger in notify and in poll mode, and the floor of any
+  pg_notify-only trigger, Relay's trigger in notify and in poll mode (and poll mode's trigger
+  as it was before migration 0014, building the payload itself), and the floor of any
   trigger that makes the change durable (a PL/pgSQL trigger inserting a minimal row into
   relay.events), with 1 and 8 writers, on one durable server; and into "Payment", a table
   of the same shape attached with `relay attach` (its generated trigger), in both modes.
@@ -13,16 +14,20 @@
 * Trigger parts: PostgreSQL's CPU time per INSERT transaction (1 pgbench writer, from
   /proc, on a server that does not flush), with the trigger built up part by part: the
   PL/pgSQL call, a minimal row in relay.events (its heap tuple and two index entries), the
-  payload (the poll-mode trigger), then notify mode's NOTIFY. Per
+  compact row's values (the poll-mode trigger) or the whole payload (poll mode before 0014),
+  then notify mode's NOTIFY; and what the sequencer then spends per event on compact rows
+  (building their payload) against rows written whole. Per
   transaction, not per row in a loop: opening a table and its indexes and setting up the
   trigger are paid once per transaction, and they are most of the cost.
 * Poll mode: commit -> /ws client latency against the poll interval, and PostgreSQL's CPU
   (all its processes, from /proc) while a relay polls an idle database, against notify mode.
 * Wal mode: pgbench INSERT rate into "Booking" in wal mode, with a `relay run` process
   reading the slot meanwhile (started for that run only: its reading decodes the whole
-  server's WAL), against the same table with no capture at all, 1 and 8 writers, in
-  alternating order per round; how long the reader takes to catch up after a run; and
-  commit -> /ws client latency.
+  server's WAL), and into the same table published with a bare loop consuming a slot of its
+  own every 50 ms (pg_logical_slot_get_binary_changes, the changes dropped: the least any
+  consumer of the slot costs), against the same table with no capture at all, 1 and 8
+  writers, in alternating order per round; how long the reader takes to catch up after a
+  run; and commit -> /ws client latency.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ process at a time, see ``relay.capture.Leader``). A pass:
 2. turns each changed row into a row literal of its table (the decoded text values, by
    column name, in the order of the table's row type; an unchanged TOASTed value of an
    UPDATE is taken from the old row, which replica identity FULL sends);
-3. records them in one transaction (``relay.wal_record``: each source's wal function builds
-   the payload with the poll-mode trigger's SQL, the sequencer gives positions, NOTIFY
-   relay_wake wakes every relay process);
+3. records them in one transaction (``relay.wal_record``: one INSERT ... SELECT, generated
+   from the sources, rebuilds each change as a row of its table and writes it as the
+   poll-mode trigger would, as a compact row whose payload, id and position are given in
+   the same statement; NOTIFY relay_wake wakes every relay process);
 4. only then moves the slot on (``pg_replication_slot_advance``). A crash between 3 and 4
    replays those changes, and the unique LSN of each recorded change refuses them.
 
