@@ -97,9 +97,11 @@ REPLACE_FUNCTION = (
 )
 # The best a user could do without Relay: the table published for logical decoding, a slot of
 # its own, and a loop that reads the slot every 50 ms and does nothing with the changes.
-BARE_SETUP = """ALTER TABLE "Booking" REPLICA IDENTITY FULL;
-CREATE PUBLICATION bare FOR TABLE "Booking";
-SELECT pg_create_logical_replication_slot('bare', 'pgoutput')"""
+BARE_SETUP = (
+    'ALTER TABLE "Booking" REPLICA IDENTITY FULL',
+    'CREATE PUBLICATION bare FOR TABLE "Booking"',
+    "SELECT pg_create_logical_replication_slot('bare', 'pgoutput')",  # in a transaction of its own
+)
 BARE_READ = """SELECT count(*) FROM pg_logical_slot_get_binary_changes(
     'bare', NULL, NULL, 'proto_version', '1', 'publication_names', 'bare')"""
 BARE_INTERVAL = 0.05
@@ -120,7 +122,8 @@ async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
         if variant == "none":
             return pg.url_for(name)
         if variant == "bare":
-            await conn.execute(BARE_SETUP)
+            for statement in BARE_SETUP:
+                await conn.execute(statement)
             return pg.url_for(name)
         await migrate(conn)
         if variant.startswith("attached"):
