@@ -351,16 +351,21 @@ RECORDED = 'SELECT (SELECT count(*) FROM "Booking") = (SELECT count(*) FROM rela
 
 async def _wal_run(
     pg: EmbeddedPostgres, url: str, admin: asyncpg.Connection, clients: int, seconds: float, script: str
-) -> tuple[float, float]:
-    """One pgbench run in wal mode while a relay process reads the slot: its rate, and the
-    seconds after it until every INSERT is an event."""
+) -> tuple[float, float, float]:
+    """One pgbench run in wal mode while a relay process reads the slot: its rate, the
+    seconds after it until every INSERT is an event, and the CPU seconds the server and the
+    reader spent from the run's start until then."""
     async with serve("relay", url) as relay:
         await leading(relay.url, "relay_wal_leader")
+        cpu = _postgres_cpu_ns(pg) + _cpu_ns(relay.pid)
         rate = await asyncio.to_thread(pgbench, pg, "walcost_wal", clients, seconds, script)
         started = time.perf_counter()
         while not await admin.fetchval(RECORDED):
             await asyncio.sleep(0.01)
-        return rate, time.perf_counter() - started
+        caught_up = time.perf_counter() - started
+        await asyncio.sleep(0.3)  # the postmaster has reaped pgbench's backends
+        cpu = _postgres_cpu_ns(pg) + _cpu_ns(relay.pid) - cpu
+        return rate, caught_up, cpu / 1e9
 
 
 async def _bare_run(pg: EmbeddedPostgres, url: str, clients: int, seconds: float, script: str) -> float:
@@ -386,6 +391,14 @@ async def _bare_run(pg: EmbeddedPostgres, url: str, clients: int, seconds: float
         await reader.close()
 
 
+async def _none_run(pg: EmbeddedPostgres, clients: int, seconds: float, script: str) -> tuple[float, float]:
+    """One pgbench run with no capture: its rate, and the server's CPU seconds meanwhile."""
+    cpu = _postgres_cpu_ns(pg)
+    rate = await asyncio.to_thread(pgbench, pg, "walcost_none", clients, seconds, script)
+    await asyncio.sleep(0.3)  # the postmaster has reaped pgbench's backends
+    return rate, (_postgres_cpu_ns(pg) - cpu) / 1e9
+
+
 async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
     """INSERT rate in wal mode with a relay reading the slot, and with a bare loop consuming a
     slot of its own (nothing done with the changes), against no capture at all."""
@@ -394,18 +407,24 @@ async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Ro
     urls = {v: await make_database(pg, f"walcost_{v}", v) for v in variants}
     rates: dict[tuple[str, int], list[float]] = {}
     catch_up: list[float] = []
+    # CPU µs per INSERT: the server's with no capture, and the server's and the reader's in wal mode
+    cpu_us: dict[str, list[float]] = {"none": [], "wal": []}
     admin = await asyncpg.connect(urls["wal"])
     try:
         for r in range(rounds):
             for clients in (1, 8):
                 for v in variants if r % 2 == 0 else tuple(reversed(variants)):
                     if v == "none":
-                        rate = await asyncio.to_thread(pgbench, pg, "walcost_none", clients, seconds, script)
+                        rate, cpu = await _none_run(pg, clients, seconds, script)
+                        cpu_us["none"].append(cpu * 1e6 / (rate * int(seconds)))
                     elif v == "bare":
                         rate = await _bare_run(pg, urls["bare"], clients, seconds, script)
                     else:
-                        rate, caught_up = await _wal_run(pg, urls["wal"], admin, clients, seconds, script)
+                        rate, caught_up, cpu = await _wal_run(
+                            pg, urls["wal"], admin, clients, seconds, script
+                        )
                         catch_up.append(caught_up)
+                        cpu_us["wal"].append(cpu * 1e6 / (rate * int(seconds)))
                     rates.setdefault((v, clients), []).append(rate)
         await switch(Store(admin), Store(admin), "notify")  # the slot's name is the server's: free it
         await admin.execute("SELECT pg_drop_replication_slot('bare')")
@@ -441,6 +460,11 @@ async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Ro
     rows.append(
         row("wal mode: every INSERT recorded as an event, s after a pgbench run ended (max over runs)",
             max(catch_up), 0.0, "", unit="s", difference=True)
+    )  # fmt: skip
+    wal_us, none_us = median(cpu_us["wal"]), median(cpu_us["none"])
+    rows.append(
+        row("wal mode: CPU µs per INSERT, PostgreSQL + the reader process (baseline: PostgreSQL, no capture)",
+            wal_us, none_us, "", unit="µs")
     )  # fmt: skip
     return rows
 
