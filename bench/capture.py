@@ -1,7 +1,8 @@
 """Capture modes: what each costs the application's writes, and poll mode's latency and idle cost.
 
 * Trigger cost: pgbench INSERT rate into "Booking" with no trigger, the seed guide's
-  pg_notify-only trigger, Relay's trigger in notify and in poll mode, and the floor of any
+  pg_notify-only trigger, Relay's trigger in notify and in poll mode (and poll mode's trigger
+  as it was before migration 0014, building the payload itself), and the floor of any
   trigger that makes the change durable (a PL/pgSQL trigger inserting a minimal row into
   relay.events), with 1 and 8 writers, on one durable server; and into "Payment", a table
   of the same shape attached with `relay attach` (its generated trigger), in both modes.
@@ -13,16 +14,20 @@
 * Trigger parts: PostgreSQL's CPU time per INSERT transaction (1 pgbench writer, from
   /proc, on a server that does not flush), with the trigger built up part by part: the
   PL/pgSQL call, a minimal row in relay.events (its heap tuple and two index entries), the
-  payload (the poll-mode trigger), then notify mode's NOTIFY. Per
+  compact row's values (the poll-mode trigger) or the whole payload (poll mode before 0014),
+  then notify mode's NOTIFY; and what the sequencer then spends per event on compact rows
+  (building their payload) against rows written whole. Per
   transaction, not per row in a loop: opening a table and its indexes and setting up the
   trigger are paid once per transaction, and they are most of the cost.
 * Poll mode: commit -> /ws client latency against the poll interval, and PostgreSQL's CPU
   (all its processes, from /proc) while a relay polls an idle database, against notify mode.
 * Wal mode: pgbench INSERT rate into "Booking" in wal mode, with a `relay run` process
   reading the slot meanwhile (started for that run only: its reading decodes the whole
-  server's WAL), against the same table with no capture at all, 1 and 8 writers, in
-  alternating order per round; how long the reader takes to catch up after a run; and
-  commit -> /ws client latency.
+  server's WAL), and into the same table published with a bare loop consuming a slot of its
+  own every 50 ms (pg_logical_slot_get_binary_changes, the changes dropped: the least any
+  consumer of the slot costs), against the same table with no capture at all, 1 and 8
+  writers, in alternating order per round; how long the reader takes to catch up after a
+  run; and commit -> /ws client latency.
 """
 
 from __future__ import annotations
@@ -90,7 +95,17 @@ END;"""
 REPLACE_FUNCTION = (
     "CREATE OR REPLACE FUNCTION relay.notify_booking_changes() RETURNS trigger LANGUAGE plpgsql AS $$ {} $$"
 )
-VARIANTS = ("none", "seed", "notify", "poll", "floor", "attached_notify", "attached_poll")
+# The best a user could do without Relay: the table published for logical decoding, a slot of
+# its own, and a loop that reads the slot every 50 ms and does nothing with the changes.
+BARE_SETUP = (
+    'ALTER TABLE "Booking" REPLICA IDENTITY FULL',
+    'CREATE PUBLICATION bare FOR TABLE "Booking"',
+    "SELECT pg_create_logical_replication_slot('bare', 'pgoutput')",  # in a transaction of its own
+)
+BARE_READ = """SELECT count(*) FROM pg_logical_slot_get_binary_changes(
+    'bare', NULL, NULL, 'proto_version', '1', 'publication_names', 'bare')"""
+BARE_INTERVAL = 0.05
+VARIANTS = ("none", "seed", "notify", "poll", "poll_whole", "floor", "attached_notify", "attached_poll")
 
 
 async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
@@ -106,12 +121,18 @@ async def make_database(pg: EmbeddedPostgres, name: str, variant: str) -> str:
             return pg.url_for(name)
         if variant == "none":
             return pg.url_for(name)
+        if variant == "bare":
+            for statement in BARE_SETUP:
+                await conn.execute(statement)
+            return pg.url_for(name)
         await migrate(conn)
         if variant.startswith("attached"):
             await conn.execute(PAYMENT)
             await Store(conn).attach_source(*PAYMENT_SOURCE)
-        if variant.endswith("poll"):
+        if variant.endswith("poll") or variant == "poll_whole":
             await Store(conn).set_capture("poll")
+        if variant == "poll_whole":  # poll mode's trigger before 0014: the payload built whole
+            await conn.execute(await conn.fetchval("SELECT relay.booking_function_sql('wal')"))
         if variant == "wal":
             await switch(Store(conn), Store(conn), "wal")
         if variant == "no_trigger":
@@ -189,6 +210,12 @@ async def trigger_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> lis
                 ">= 0.9" if clients == 1 else ">= 0.8",
             ),
             compared(
+                f"poll mode before 0014 (payload built by the trigger) INSERT rate vs no trigger, {writers}",
+                "poll_whole",
+                "none",
+                "—",
+            ),
+            compared(
                 f"floor of any durable trigger (a minimal row) INSERT rate vs no trigger, {writers}",
                 "floor",
                 "none",
@@ -257,7 +284,7 @@ async def trigger_row_cost(url: str, rounds: int, pairs: int = 60, rows: int = 1
 
 async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
     """PostgreSQL's CPU per INSERT transaction for each variant of the trigger (1 writer)."""
-    parts = ("no_trigger", "empty", "events_row", "poll", "notify")
+    parts = ("no_trigger", "empty", "events_row", "poll", "poll_whole", "notify")
     script = _script(INSERT_SCRIPT)
     for p in parts:
         await make_database(pg, f"parts_{p}", p)
@@ -270,6 +297,7 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
             samples[p].append((_postgres_cpu_ns(pg) - before) / 1000 / (rate * int(seconds)))
     os.unlink(script)
     us = {p: median(v) for p, v in samples.items()}
+    sequencing = {p: await _sequencing_us(pg.url_for(f"parts_{p}")) for p in ("poll", "poll_whole")}
 
     def part(metric: str, with_part: str, without: str) -> Row:
         return row(
@@ -285,9 +313,28 @@ async def trigger_parts(pg: EmbeddedPostgres, seconds: float, rounds: int) -> li
             us["no_trigger"], "", unit="µs"),
         part("the PL/pgSQL trigger call", "empty", "no_trigger"),
         part("a minimal row in relay.events (heap + 2 index entries)", "events_row", "empty"),
-        part("the payload and eventId (= the poll-mode trigger)", "poll", "events_row"),
-        part("notify mode's trigger instead of poll mode's", "notify", "poll"),
+        part("the compact row's values (= the poll-mode trigger)", "poll", "events_row"),
+        part("the payload and eventId built whole (= poll mode's trigger before 0014)", "poll_whole",
+             "events_row"),
+        part("notify mode's trigger instead of poll mode's before 0014", "notify", "poll_whole"),
+        row("sequencer µs per event, poll mode's compact rows (baseline: rows written whole, before 0014)",
+            sequencing["poll"], sequencing["poll_whole"], "", unit="µs"),
     ]  # fmt: skip
+
+
+async def _sequencing_us(url: str, batch: int = 20_000, passes: int = 3) -> float:
+    """Wall-clock µs per event of relay.sequence_events over what pgbench left unsequenced."""
+    conn = await asyncpg.connect(url)
+    try:
+        took = []
+        for _ in range(passes):
+            started = time.perf_counter()
+            count = await conn.fetchval("SELECT relay.sequence_events($1)", batch)
+            if count:
+                took.append((time.perf_counter() - started) / count * 1e6)
+        return median(took)
+    finally:
+        await conn.close()
 
 
 async def leading(base: str, gauge: str) -> None:
@@ -304,57 +351,130 @@ RECORDED = 'SELECT (SELECT count(*) FROM "Booking") = (SELECT count(*) FROM rela
 
 async def _wal_run(
     pg: EmbeddedPostgres, url: str, admin: asyncpg.Connection, clients: int, seconds: float, script: str
-) -> tuple[float, float]:
-    """One pgbench run in wal mode while a relay process reads the slot: its rate, and the
-    seconds after it until every INSERT is an event."""
+) -> tuple[float, float, float]:
+    """One pgbench run in wal mode while a relay process reads the slot: its rate, the
+    seconds after it until every INSERT is an event, and the CPU seconds the server and the
+    reader spent from the run's start until then."""
     async with serve("relay", url) as relay:
         await leading(relay.url, "relay_wal_leader")
+        cpu = _postgres_cpu_ns(pg) + _cpu_ns(relay.pid)
         rate = await asyncio.to_thread(pgbench, pg, "walcost_wal", clients, seconds, script)
         started = time.perf_counter()
         while not await admin.fetchval(RECORDED):
             await asyncio.sleep(0.01)
-        return rate, time.perf_counter() - started
+        caught_up = time.perf_counter() - started
+        await asyncio.sleep(0.3)  # the postmaster has reaped pgbench's backends
+        cpu = _postgres_cpu_ns(pg) + _cpu_ns(relay.pid) - cpu
+        return rate, caught_up, cpu / 1e9
+
+
+async def _bare_run(
+    pg: EmbeddedPostgres, url: str, clients: int, seconds: float, script: str
+) -> tuple[float, float]:
+    """One pgbench run into the published table while a bare loop consumes its slot: its
+    rate, and the server's CPU seconds meanwhile (the loop's own CPU is its backend's)."""
+    reader = await asyncpg.connect(url)
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            await reader.fetchval(BARE_READ)
+            try:
+                await asyncio.wait_for(stop.wait(), BARE_INTERVAL)
+            except TimeoutError:
+                pass
+        await reader.fetchval(BARE_READ)  # what the run left
+
+    consuming = asyncio.create_task(consume())
+    cpu = _postgres_cpu_ns(pg)
+    try:
+        rate = await asyncio.to_thread(pgbench, pg, "walcost_bare", clients, seconds, script)
+    finally:
+        stop.set()
+        await consuming
+        await reader.close()
+    await asyncio.sleep(0.3)  # the postmaster has reaped pgbench's backends
+    return rate, (_postgres_cpu_ns(pg) - cpu) / 1e9
+
+
+async def _none_run(pg: EmbeddedPostgres, clients: int, seconds: float, script: str) -> tuple[float, float]:
+    """One pgbench run with no capture: its rate, and the server's CPU seconds meanwhile."""
+    cpu = _postgres_cpu_ns(pg)
+    rate = await asyncio.to_thread(pgbench, pg, "walcost_none", clients, seconds, script)
+    await asyncio.sleep(0.3)  # the postmaster has reaped pgbench's backends
+    return rate, (_postgres_cpu_ns(pg) - cpu) / 1e9
 
 
 async def wal_cost(pg: EmbeddedPostgres, seconds: float, rounds: int) -> list[Row]:
-    """INSERT rate in wal mode with a relay reading the slot, against no capture at all."""
+    """INSERT rate in wal mode with a relay reading the slot, and with a bare loop consuming a
+    slot of its own (nothing done with the changes), against no capture at all."""
     script = _script(INSERT_SCRIPT)
-    urls = {v: await make_database(pg, f"walcost_{v}", v) for v in ("none", "wal")}
+    variants = ("none", "wal", "bare")
+    urls = {v: await make_database(pg, f"walcost_{v}", v) for v in variants}
     rates: dict[tuple[str, int], list[float]] = {}
     catch_up: list[float] = []
+    # CPU µs per INSERT: the server's with no capture, and the server's and the reader's in wal mode
+    cpu_us: dict[str, list[float]] = {"none": [], "wal": [], "bare": []}
     admin = await asyncpg.connect(urls["wal"])
     try:
         for r in range(rounds):
             for clients in (1, 8):
-                for v in ("none", "wal") if r % 2 == 0 else ("wal", "none"):
+                for v in variants if r % 2 == 0 else tuple(reversed(variants)):
                     if v == "none":
-                        rate = await asyncio.to_thread(pgbench, pg, "walcost_none", clients, seconds, script)
+                        rate, cpu = await _none_run(pg, clients, seconds, script)
+                        cpu_us["none"].append(cpu * 1e6 / (rate * int(seconds)))
+                    elif v == "bare":
+                        rate, cpu = await _bare_run(pg, urls["bare"], clients, seconds, script)
+                        cpu_us["bare"].append(cpu * 1e6 / (rate * int(seconds)))
                     else:
-                        rate, caught_up = await _wal_run(pg, urls["wal"], admin, clients, seconds, script)
+                        rate, caught_up, cpu = await _wal_run(
+                            pg, urls["wal"], admin, clients, seconds, script
+                        )
                         catch_up.append(caught_up)
+                        cpu_us["wal"].append(cpu * 1e6 / (rate * int(seconds)))
                     rates.setdefault((v, clients), []).append(rate)
         await switch(Store(admin), Store(admin), "notify")  # the slot's name is the server's: free it
+        await admin.execute("SELECT pg_drop_replication_slot('bare')")
     finally:
         await admin.close()
         os.unlink(script)
     rows: list[Row] = []
     for clients in (1, 8):
         writers = f"{clients} writers" if clients > 1 else "1 writer"
-        ratios = [w / n for w, n in zip(rates[("wal", clients)], rates[("none", clients)], strict=True)]
-        rows.append(
+
+        def paired(a: str, b: str, n: int = clients) -> float:
+            return median([x / y for x, y in zip(rates[(a, n)], rates[(b, n)], strict=True)])
+
+        rows += [
             row(
                 f"wal mode INSERT rate (a relay reading the slot) vs no capture, {writers}",
                 median(rates[("wal", clients)]),
                 median(rates[("none", clients)]),
                 ">= 0.9" if clients > 1 else ">= 0.95",
                 unit="tx/s",
-                ratio=median(ratios),
-            )
-        )
+                ratio=paired("wal", "none"),
+            ),
+            row(
+                f"bare slot consumer INSERT rate (published table, slot read every "
+                f"{BARE_INTERVAL * 1000:g} ms, changes dropped) vs no capture, {writers}",
+                median(rates[("bare", clients)]),
+                median(rates[("none", clients)]),
+                "wal mode's ceiling",
+                unit="tx/s",
+                ratio=paired("bare", "none"),
+            ),
+        ]
     rows.append(
         row("wal mode: every INSERT recorded as an event, s after a pgbench run ended (max over runs)",
             max(catch_up), 0.0, "", unit="s", difference=True)
     )  # fmt: skip
+    wal_us, bare_us, none_us = median(cpu_us["wal"]), median(cpu_us["bare"]), median(cpu_us["none"])
+    rows += [
+        row("wal mode: CPU µs per INSERT, PostgreSQL + the reader process (baseline: PostgreSQL, no capture)",
+            wal_us, none_us, "", unit="µs"),
+        row("bare slot consumer: CPU µs per INSERT, PostgreSQL (baseline: PostgreSQL, no capture)",
+            bare_us, none_us, "", unit="µs"),
+    ]  # fmt: skip
     return rows
 
 

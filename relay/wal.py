@@ -9,9 +9,10 @@ process at a time, see ``relay.capture.Leader``). A pass:
 2. turns each changed row into a row literal of its table (the decoded text values, by
    column name, in the order of the table's row type; an unchanged TOASTed value of an
    UPDATE is taken from the old row, which replica identity FULL sends);
-3. records them in one transaction (``relay.wal_record``: each source's wal function builds
-   the payload with the poll-mode trigger's SQL, the sequencer gives positions, NOTIFY
-   relay_wake wakes every relay process);
+3. records them in one transaction (``relay.wal_record``: one INSERT ... SELECT, generated
+   from the sources, rebuilds each change as a row of its table and writes it as the
+   poll-mode trigger would, as a compact row whose payload, id and position are given in
+   the same statement; NOTIFY relay_wake wakes every relay process);
 4. only then moves the slot on (``pg_replication_slot_advance``). A crash between 3 and 4
    replays those changes, and the unique LSN of each recorded change refuses them.
 
@@ -20,9 +21,12 @@ the slot on. PostgreSQL moves that point only at a running-transactions record, 
 writes about every 15 s: on a busy server every pass would decode up to 15 s of WAL again.
 So the reader writes one itself each time ``SNAPSHOT_BYTES`` of WAL went by since its last
 (``pg_log_standby_snapshot()``, PostgreSQL 16 and later, where the role may: a superuser,
-or granted EXECUTE on it). Not more often: the pass that meets one writes a snapshot file
-and the slot's state to disk, some 30 ms on the bench's disk. An idle slot is moved on
-once a second past WAL that held nothing for Relay.
+or granted EXECUTE on it). Every pass decodes what lies between that point and the end of
+the WAL twice (the peek, the move), so that distance is what a pass costs: with 4 MB, the
+reader's backend spent some 490 µs of CPU per change under one pgbench writer on the
+bench, with 256 kB about 100 (64 kB and 1 MB: 120 and 150; a pass that meets a new record
+also writes a snapshot file and the slot's state). An idle slot is moved on once a second
+past WAL that held nothing for Relay.
 
 Leaving wal mode, ``relay capture`` takes the leader's lock itself, runs passes until the
 slot is empty, then drops it (``switch``).
@@ -60,7 +64,7 @@ BATCH = 10_000
 # Seconds between two moves of an idle slot past WAL with nothing for Relay.
 ADVANCE_IDLE = 1.0
 # Bytes of WAL between two running-transactions records the reader writes.
-SNAPSHOT_BYTES = 4 << 20
+SNAPSHOT_BYTES = 256 << 10
 # Seconds a pass may take (a peek decodes from the slot's restart point).
 PASS_TIMEOUT = 120.0
 # Seconds between two reads of a slot found invalidated or missing.
@@ -86,6 +90,8 @@ def decode(messages: Sequence[tuple[int, bytes]]) -> Decoded:
     last_commit: int | None = None
     previous, part = -1, 0
     for lsn, data in messages:
+        if data[:1] == b"B":
+            continue  # a transaction's Begin: nothing in it is needed
         message = parse(data)
         if isinstance(message, Relation):
             relations[message.relid] = message
@@ -101,21 +107,32 @@ def decode(messages: Sequence[tuple[int, bytes]]) -> Decoded:
     return Decoded(changes, last_commit)
 
 
+def _quoted(value: Value) -> str:
+    if value is None or value is UNCHANGED:
+        return ""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def row_literal(columns: Sequence[str], values: dict[str, Value]) -> str:
     """A row literal of a table whose row type has ``columns``: quoted text, or nothing for
     NULL (and for a column the decoded row lacks: added since, or generated)."""
+    return "(" + ",".join(_quoted(values.get(column)) for column in columns) + ")"
+
+
+def _literal(row: Tuple, at: Sequence[int | None], fallback: Tuple | None = None) -> str:
+    """``row_literal`` straight from a decoded row: ``at`` maps each column of the table's row
+    type to its place in the row (None: not sent); an unchanged TOASTed value comes from
+    ``fallback`` (the old row)."""
     fields = []
-    for column in columns:
-        value = values.get(column)
-        if value is None or value is UNCHANGED:
+    for i in at:
+        if i is None:
             fields.append("")
-        else:
-            fields.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            continue
+        value = row[i]
+        if value is UNCHANGED:  # TOASTed and unchanged: the old row has it
+            value = fallback[i] if fallback is not None else None
+        fields.append(_quoted(value))
     return "(" + ",".join(fields) + ")"
-
-
-def _named(relation: Relation, row: Tuple | None) -> dict[str, Value] | None:
-    return None if row is None else dict(zip(relation.columns, row, strict=True))
 
 
 class WalReader:
@@ -207,20 +224,20 @@ class WalReader:
             current = await store.wal_columns(sorted({r.relid for r in unknown}))
             self._columns.update({r: current[r.relid] for r in unknown if r.relid in current})
         relids, ops, news, olds, lsns, parts = [], [], [], [], [], []
+        places: dict[Relation, list[int | None]] = {}
         for change, lsn, part, relation in decoded.changes:
-            table = self._columns.get(relation)
-            if table is None:
-                continue  # the table was dropped since
-            old = _named(relation, change.old)
-            new = _named(relation, change.new)
-            if new is not None:
-                for column, value in new.items():
-                    if value is UNCHANGED:  # TOASTed and unchanged: the old row has it
-                        new[column] = old.get(column) if old is not None else None
+            at = places.get(relation)
+            if at is None:
+                table = self._columns.get(relation)
+                if table is None:
+                    continue  # the table was dropped since
+                sent = {column: i for i, column in enumerate(relation.columns)}
+                at = places[relation] = [sent.get(column) for column in table]
+            old = change.old
             relids.append(change.relid)
             ops.append(change.op)
-            news.append(None if new is None else row_literal(table, new))
-            olds.append(None if old is None else row_literal(table, old))
+            news.append(None if change.new is None else _literal(change.new, at, old))
+            olds.append(None if old is None else _literal(old, at))
             lsns.append(lsn)
             parts.append(part)
         try:

@@ -276,3 +276,150 @@ async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_w
         assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 0
     finally:
         await conn.close()
+
+
+# Columns of every kind the compact rows treat apart: strings (text, varchar, uuid, an enum)
+# written as text, everything else (numbers, booleans, times, JSON, arrays, padded char, NULL)
+# written as its to_jsonb text; names that need quoting; values that need escaping.
+GADGET = """
+CREATE TYPE mood AS ENUM ('calm', 'busy');
+CREATE TABLE "Gadget" (
+    id      uuid PRIMARY KEY,
+    shop    bigint,
+    label   text,
+    "Price" numeric,
+    ratio   float8,
+    ok      boolean,
+    at      timestamptz,
+    day     date,
+    meta    jsonb,
+    kind    mood,
+    code    char(4),
+    tags    text[],
+    note    varchar(20),
+    "no""ne" text
+);
+CREATE TABLE gizmo (id integer PRIMARY KEY, shop text, label text, n numeric)"""
+GADGET_FIELDS = [
+    "label",
+    "Price",
+    "ratio",
+    "ok",
+    "at",
+    "day",
+    "meta",
+    "kind",
+    "code",
+    "tags",
+    "note",
+    'no"ne',
+]
+GADGET_KEY = "00000000-0000-4000-8000-00000000000a"
+GADGET_LIFECYCLE = [
+    """INSERT INTO "Gadget" VALUES ($1, 7, 'say "hi" \\ ü', 1.50, 0.1, true, '2026-01-02 03:04:05.678+01',
+       '2026-01-02', '{"b": [1, 2.0], "a": null}', 'calm', 'ab', '{x,"y z"}', 'short', NULL)""",
+    """UPDATE "Gadget" SET "Price" = 2.500, at = at + interval '1 day', kind = 'busy' WHERE id = $1""",
+    """UPDATE "Gadget" SET note = 'unwatched' WHERE id = $1""",
+    """UPDATE "Gadget" SET label = NULL WHERE id = $1""",
+    """DELETE FROM "Gadget" WHERE id = $1""",
+]
+
+
+async def _gadget_payloads(conn: asyncpg.Connection, mode: str) -> list[str]:
+    """Run the gadget lifecycle in ``mode``; each event's payload text, eventId left out."""
+    await Store(conn).set_capture(mode)
+    start = await conn.fetchval("SELECT coalesce(max(id), 0) FROM relay.events")
+    for statement in GADGET_LIFECYCLE:
+        await conn.execute(statement, GADGET_KEY)
+    await conn.execute("INSERT INTO gizmo VALUES (1, 's1', 'a', 1.0)")
+    await conn.execute("UPDATE gizmo SET n = 2.00 WHERE id = 1")
+    await conn.execute("UPDATE gizmo SET n = 2.00 WHERE id = 1")  # nothing changed: no event
+    await conn.execute("DELETE FROM gizmo")
+    if mode == "poll":
+        waiting = await conn.fetch(
+            "SELECT channel, payload IS NULL AS compact FROM relay.events WHERE id > $1 ORDER BY id", start
+        )
+        # Written compact, payload built when sequenced, but for an UPDATE of a source without
+        # --watch (the trigger compares the rows as jsonb, and writes the payload whole).
+        assert [(r["channel"], r["compact"]) for r in waiting] == [
+            ("gadget_created", True), ("gadget_updated", True), ("gadget_updated", True),
+            ("gadget_deleted", True), ("gizmo_created", True), ("gizmo_updated", False),
+            ("gizmo_deleted", True),
+        ]  # fmt: skip
+    await poll(conn)
+    rows = await conn.fetch(
+        "SELECT id, args, (payload->>'eventId')::bigint AS event_id, (payload - 'eventId')::text AS payload "
+        "FROM relay.events WHERE id > $1 ORDER BY id",
+        start,
+    )
+    assert all(r["event_id"] == r["id"] and r["args"] is None for r in rows)
+    await conn.execute("""DELETE FROM relay.events WHERE id > $1""", start)
+    return [r["payload"] for r in rows]
+
+
+async def test_poll_mode_builds_notify_modes_payloads_byte_for_byte_from_compact_rows(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(GADGET)
+        await Store(conn).attach_source("Gadget", "gadget", "shop", "id", ["label", "Price", "at", "kind"],
+                                        GADGET_FIELDS)  # fmt: skip
+        await Store(conn).attach_source("gizmo", "gizmo", "shop", "id", [], ["label", "n"])
+        notify = await _gadget_payloads(conn, "notify")
+        assert len(notify) == 7
+        assert json.loads(notify[1])["changes"]["Price"] == {"old": 1.50, "new": 2.500}
+        assert '"Price": 2.500' in notify[1] and '"code": "ab  "' in notify[0]  # as to_jsonb renders them
+        assert await _gadget_payloads(conn, "poll") == notify
+    finally:
+        await conn.close()
+
+
+async def test_upgrading_a_poll_mode_database_with_events_in_flight_writes_compact_rows(
+    blank_db: str,
+) -> None:
+    """Rows 0013's poll mode wrote, one committed and one in a transaction still open while
+    0014 is applied, keep their payload; rows written after it are compact; all are sequenced
+    once with the payload notify mode gives them."""
+    conn, writer = await asyncpg.connect(blank_db), None
+    try:
+        await conn.execute(BOOKING_TABLE)
+        async with conn.transaction():
+            await conn.execute(q("migrations_table"))
+            for name, text in migration_files():
+                if name >= "0014":
+                    break
+                await conn.execute(text)
+                await conn.execute(q("migration_record"), name)
+            await conn.execute(q("attach_booking"))
+        await Store(conn).set_capture("poll")
+        await conn.execute(INSERT, "before")
+        writer = await asyncpg.connect(blank_db)
+        open_transaction = writer.transaction()
+        await open_transaction.start()
+        await writer.execute(INSERT, "in-flight")
+
+        migrating = asyncio.create_task(migrate(conn))
+        await asyncio.sleep(0.3)
+        assert not migrating.done()  # waits for the writer's transaction
+        await open_transaction.commit()
+        assert "0014_poll_compact_rows" in await asyncio.wait_for(migrating, 10)
+        await writer.execute(INSERT, "after")  # the writer's session follows at once
+
+        written = await conn.fetch(
+            "SELECT booking_id, payload IS NULL AS compact FROM relay.events ORDER BY id"
+        )
+        assert [(r["booking_id"], r["compact"]) for r in written] == [
+            ("before", False),
+            ("in-flight", False),
+            ("after", True),
+        ]
+        assert await poll(conn) == 3
+        rows = await conn.fetch("SELECT id, payload, position FROM relay.events ORDER BY id")
+        assert [json.loads(r["payload"]) for r in rows] == [
+            {"id": b, "merchantId": "mA", "status": "PENDING", "operation": "INSERT", "eventId": r["id"]}
+            for b, r in zip(("before", "in-flight", "after"), rows, strict=True)
+        ]
+        assert all(r["position"] for r in rows)
+    finally:
+        await conn.close()
+        if writer is not None:
+            await writer.close()

@@ -303,3 +303,32 @@ async def test_an_invalidated_slot_is_an_error_a_metric_and_a_failed_check_with_
         await flush(conn)
         assert await WalReader()(Store(conn)) == (1, False)
     metrics.wal_slot_lost.set(0)
+
+
+async def test_a_booking_table_whose_key_is_no_string_gets_the_same_payloads_in_every_mode(
+    wal_db_url: str,
+) -> None:
+    """The booking payload renders id and merchantId as their SQL type renders: compact rows
+    (poll mode's trigger, wal mode's recording) must not turn an integer key into a string."""
+    async with connected(wal_db_url) as conn:
+        await conn.execute('ALTER TABLE "Booking" ALTER COLUMN id TYPE integer USING 0')
+        await conn.execute('ALTER TABLE "Booking" ALTER COLUMN "merchantId" TYPE bigint USING 0')
+        await conn.execute("SELECT relay.install_source('booking')")  # as `relay migrate` would
+    payloads = {}
+    for mode in ("notify", "poll", "wal"):
+        await switch_to(wal_db_url, mode)
+        async with connected(wal_db_url) as conn:
+            after = await conn.fetchval("SELECT coalesce(max(id), 0) FROM relay.events")
+            await conn.execute("""INSERT INTO "Booking" (id, "merchantId", status) VALUES (7, 42, 'NEW')""")
+            await conn.execute("""UPDATE "Booking" SET status = 'PAID' WHERE id = 7""")
+            await conn.execute("""DELETE FROM "Booking" WHERE id = 7""")
+            if mode == "wal":
+                assert await read_slot(wal_db_url) == 3
+            else:
+                await Store(conn).poll_events(BATCH)
+            payloads[mode] = await events_after(conn, after)
+    assert json.loads(payloads["notify"][0][2]) == {
+        "id": 7, "merchantId": 42, "status": "NEW", "operation": "INSERT"
+    }  # fmt: skip
+    assert payloads["poll"] == payloads["notify"]
+    assert payloads["wal"] == payloads["notify"]
