@@ -245,6 +245,20 @@ async def test_in_poll_mode_an_event_that_commits_later_is_sequenced_later_whate
             await conn.close()
 
 
+async def _poll_mode_at(conn: asyncpg.Connection, version: str) -> None:
+    """A database migrated up to (not including) ``version``, booking attached, in poll mode."""
+    await conn.execute(BOOKING_TABLE)
+    async with conn.transaction():
+        await conn.execute(q("migrations_table"))
+        for name, text in migration_files():
+            if name >= version:
+                break
+            await conn.execute(text)
+            await conn.execute(q("migration_record"), name)
+        await conn.execute(q("attach_booking"))
+    await Store(conn).set_capture("poll")
+
+
 async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_writes_events(
     blank_db: str,
 ) -> None:
@@ -252,16 +266,7 @@ async def test_upgrading_a_poll_mode_database_keeps_its_waiting_inbox_rows_and_w
     and what waited in the inbox is still sequenced, once, with its eventId."""
     conn = await asyncpg.connect(blank_db)
     try:
-        await conn.execute(BOOKING_TABLE)
-        async with conn.transaction():
-            await conn.execute(q("migrations_table"))
-            for name, text in migration_files():
-                if name >= "0013":
-                    break
-                await conn.execute(text)
-                await conn.execute(q("migration_record"), name)
-            await conn.execute(q("attach_booking"))
-        await Store(conn).set_capture("poll")
+        await _poll_mode_at(conn, "0013")
         await conn.execute(INSERT, "before")
         assert await conn.fetchval("SELECT count(*) FROM relay.inbox") == 1
 
@@ -381,16 +386,7 @@ async def test_upgrading_a_poll_mode_database_with_events_in_flight_writes_compa
     once with the payload notify mode gives them."""
     conn, writer = await asyncpg.connect(blank_db), None
     try:
-        await conn.execute(BOOKING_TABLE)
-        async with conn.transaction():
-            await conn.execute(q("migrations_table"))
-            for name, text in migration_files():
-                if name >= "0014":
-                    break
-                await conn.execute(text)
-                await conn.execute(q("migration_record"), name)
-            await conn.execute(q("attach_booking"))
-        await Store(conn).set_capture("poll")
+        await _poll_mode_at(conn, "0014")
         await conn.execute(INSERT, "before")
         writer = await asyncpg.connect(blank_db)
         open_transaction = writer.transaction()
