@@ -76,6 +76,10 @@ class Skipped:
 Message = Begin | Commit | Relation | Change | Truncate | Skipped
 
 
+def _ended(size: int) -> ProtocolError:
+    return ProtocolError(f"message ends after {size} bytes, inside a field")
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -84,7 +88,7 @@ class _Reader:
     def take(self, fmt: str) -> int:
         size = struct.calcsize(fmt)
         if self.at + size > len(self.data):
-            raise ProtocolError(f"message ends after {len(self.data)} bytes, inside a field")
+            raise _ended(len(self.data))
         (value,) = struct.unpack_from(fmt, self.data, self.at)
         self.at += size
         return int(value)
@@ -113,19 +117,19 @@ def _tuple(data: bytes, at: int) -> tuple[Tuple, int]:
     """A row's values from offset ``at`` (the column count first), and the offset after them."""
     end = len(data)
     if at + 2 > end:
-        raise ProtocolError(f"message ends after {end} bytes, inside a field")
+        raise _ended(end)
     (count,) = _U16.unpack_from(data, at)
     at += 2
     values: list[Value] = []
     append = values.append
     for _ in range(count):
         if at >= end:
-            raise ProtocolError(f"message ends after {end} bytes, inside a field")
+            raise _ended(end)
         kind = data[at]
         at += 1
         if kind == _T:
             if at + 4 > end:
-                raise ProtocolError(f"message ends after {end} bytes, inside a field")
+                raise _ended(end)
             (size,) = _I32.unpack_from(data, at)
             at += 4
             if size < 0 or at + size > end:
@@ -144,7 +148,7 @@ def _tuple(data: bytes, at: int) -> tuple[Tuple, int]:
 def _row_change(data: bytes, op: Literal["INSERT", "UPDATE", "DELETE"]) -> Change:
     """An INSERT, UPDATE or DELETE message: the row(s) after the relation's oid."""
     if len(data) < 6:
-        raise ProtocolError(f"message ends after {len(data)} bytes, inside a field")
+        raise _ended(len(data))
     (relid,) = _U32.unpack_from(data, 1)
     marker, at = data[5], 6
     if op == "INSERT":
@@ -159,7 +163,7 @@ def _row_change(data: bytes, op: Literal["INSERT", "UPDATE", "DELETE"]) -> Chang
     if marker in (_K, _O):
         old, at = _tuple(data, at)
         if at >= len(data):
-            raise ProtocolError(f"message ends after {len(data)} bytes, inside a field")
+            raise _ended(len(data))
         marker, at = data[at], at + 1
     if marker != _N:
         raise ProtocolError("UPDATE without its new row")
@@ -190,7 +194,7 @@ def parse(data: bytes) -> Message:
             _flags, commit_lsn, end_lsn = _COMMIT.unpack_from(data, 1)
             return Commit(commit_lsn, end_lsn)
     except struct.error:
-        raise ProtocolError(f"message ends after {len(data)} bytes, inside a field") from None
+        raise _ended(len(data)) from None
     r = _Reader(data)
     kind_char = r.byte()
     if kind_char == "R":

@@ -113,16 +113,11 @@ def _quoted(value: Value) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def row_literal(columns: Sequence[str], values: dict[str, Value]) -> str:
-    """A row literal of a table whose row type has ``columns``: quoted text, or nothing for
-    NULL (and for a column the decoded row lacks: added since, or generated)."""
-    return "(" + ",".join(_quoted(values.get(column)) for column in columns) + ")"
-
-
-def _literal(row: Tuple, at: Sequence[int | None], fallback: Tuple | None = None) -> str:
-    """``row_literal`` straight from a decoded row: ``at`` maps each column of the table's row
-    type to its place in the row (None: not sent); an unchanged TOASTed value comes from
-    ``fallback`` (the old row)."""
+def row_literal(row: Tuple, at: Sequence[int | None], fallback: Tuple | None = None) -> str:
+    """A row literal of a table, straight from a decoded row: ``at`` maps each column of the
+    table's row type to its place in the row; each value quoted, nothing for NULL and for a
+    column the row lacks (None in ``at``: added since, or generated). An unchanged TOASTed
+    value comes from ``fallback`` (the old row)."""
     fields = []
     for i in at:
         if i is None:
@@ -236,8 +231,8 @@ class WalReader:
             old = change.old
             relids.append(change.relid)
             ops.append(change.op)
-            news.append(None if change.new is None else _literal(change.new, at, old))
-            olds.append(None if old is None else _literal(old, at))
+            news.append(None if change.new is None else row_literal(change.new, at, old))
+            olds.append(None if old is None else row_literal(old, at))
             lsns.append(lsn)
             parts.append(part)
         try:

@@ -88,8 +88,11 @@ def test_decoding_numbers_changes_and_takes_the_last_commit() -> None:
 
 
 def test_a_row_literal_quotes_every_value_and_leaves_nulls_and_missing_columns_empty() -> None:
-    values = {"a": 'say "hi"', "b": None, "c": "back\\slash", "d": "", "e": UNCHANGED}
-    assert row_literal(["a", "b", "c", "d", "e", "added"], values) == '("say \\"hi\\"",,"back\\\\slash","",,)'
+    values = ('say "hi"', None, "back\\slash", "", UNCHANGED)
+    at = [0, 1, 2, 3, 4, None]  # the last column was added since: the row lacks it
+    assert row_literal(values, at) == '("say \\"hi\\"",,"back\\\\slash","",,)'
+    # An unchanged TOASTed value of an UPDATE comes from the old row.
+    assert row_literal(values, at, ("", "", "", "", "old")) == '("say \\"hi\\"",,"back\\\\slash","","old",)'
 
 
 @pytest.mark.parametrize(
