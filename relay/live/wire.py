@@ -281,12 +281,10 @@ class RawSocket:
     def put(self, frame: bytes, limit: int) -> bool:
         """The fan-out's one call per client: write ``frame`` if the connection is open; False
         (nothing written) when the client leaves more than ``limit`` bytes unread."""
-        transport = self._transport
-        if transport.get_write_buffer_size() > limit:
+        if self.buffered > limit:
             return False
-        p = self._protocol
-        if p.handshake_complete and not (p.close_sent or p.disconnected or transport.is_closing()):
-            transport.write(frame)
+        if self.open:
+            self.write(frame)
         return True
 
     async def drained(self) -> None:
